@@ -1,0 +1,31 @@
+"""Test-session setup shared by every test module."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Tiny tensors on a 2-core machine: extra intra-op threads only spin (see MACHINE.md).
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The small real subsets of CIFAR-10, CIFAR-100 and Tiny ImageNet (../shared/data)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data subsets not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
