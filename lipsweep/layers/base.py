@@ -71,7 +71,7 @@ class CachedParametrization(nn.Module):
         self.clear_cache()
         return super().train(mode)
 
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - signature of nn.Module._apply
+    def _apply(self, fn, recurse: bool = True):
         self.clear_cache()
         return super()._apply(fn, recurse)
 

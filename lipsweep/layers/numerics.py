@@ -28,7 +28,10 @@ def matrix_power_iteration(
 
 
 def bjorck_orthonormalize(
-    matrices: torch.Tensor, iterations: int, u: torch.Tensor | None = None, power_iterations: int = 10
+    matrices: torch.Tensor,
+    iterations: int,
+    u: torch.Tensor | None = None,
+    power_iterations: int = 10,
 ) -> torch.Tensor:
     """Orthonormalise each matrix of a batch (..., m, n) with the Bjorck-Bowie iteration.
 
@@ -50,3 +53,107 @@ def bjorck_orthonormalize(
     for _ in range(iterations):
         w = w @ (1.5 * eye - 0.5 * (w.mT @ w))
     return w.mT if transpose else w
+
+
+def complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype matching a real one: float32 -> complex64, float64 -> complex128."""
+    return torch.promote_types(dtype, torch.complex64)
+
+
+def _dft_phases(
+    size: int, frequencies: int, kernel: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """exp(2 pi i u (a - s) / size) for u < frequencies, a < kernel, s = (kernel - 1) // 2.
+
+    The integer product is reduced modulo ``size`` before the float64 angle is formed, so the
+    phases are exact to float64 round-off for any size.
+    """
+    u = torch.arange(frequencies, device=device)[:, None]
+    offsets = torch.arange(kernel, device=device)[None, :] - (kernel - 1) // 2
+    angle = torch.remainder(u * offsets, size).double() * (2 * torch.pi / size)
+    return torch.polar(torch.ones_like(angle), angle).to(dtype)
+
+
+def kernel_spectrum(weight: torch.Tensor, height: int, width: int, onesided: bool) -> torch.Tensor:
+    """Per-frequency matrices (H, W', out, in) of a centred circular convolution on H x W.
+
+    W_hat(u, v) = sum_{a,b} W[:, :, a, b] exp(2 pi i ((a - s) u / H + (b - s) v / W)), with
+    s = (k - 1) // 2. For k <= H, W this is shift(f) * conj(fft2(W, (H, W)))(f) of the
+    Cayley and LOT papers; the explicit DFT also aliases a kernel larger than the image
+    correctly (``fft2(W, s)`` would crop it). ``onesided`` keeps the W // 2 + 1 columns of
+    ``rfft2``. With it, ``irfft2(W_hat @ rfft2(x))`` equals the cross-correlation
+    ``conv2d(x, W)`` under circular 'same' padding.
+    """
+    kernel_h, kernel_w = weight.shape[-2:]
+    dtype = complex_dtype(weight.dtype)
+    columns = width // 2 + 1 if onesided else width
+    rows = _dft_phases(height, height, kernel_h, dtype, weight.device)
+    cols = _dft_phases(width, columns, kernel_w, dtype, weight.device)
+    return torch.einsum("oiab,ua,vb->uvoi", weight.to(dtype), rows, cols)
+
+
+def cayley_transform(matrices: torch.Tensor) -> torch.Tensor:
+    """Cayley transform of the skew part of each square matrix of a batch (..., n, n).
+
+    A = W - W^H, Q = (I + A)^{-1} (I - A) (Trockman & Kolter, ICLR 2021), solved rather than
+    inverted. Q is unitary (orthogonal for real W); I + A is never singular since A is skew.
+    """
+    skew = matrices - matrices.mH
+    eye = torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device)
+    return torch.linalg.solve(eye + skew, eye - skew)
+
+
+def newton_schulz_inverse_sqrt(matrices: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Coupled Newton-Schulz iteration for S^{-1/2} of Hermitian PSD matrices (..., n, n).
+
+    Y_0 = S, Z_0 = I; T = (3I - Z Y) / 2, Y <- Y T, Z <- T Z (LOT, Xu et al., NeurIPS 2022).
+    Converges for spectra in (0, 1]; a truncated Z under-estimates S^{-1/2}, so Z S Z <= I.
+    """
+    eye = torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device)
+    y, z = matrices, eye.expand_as(matrices)
+    for _ in range(iterations):
+        t = 0.5 * (3 * eye - z @ y)
+        y, z = y @ t, t @ z
+    return z
+
+
+def fantastic_four_matrices(kernel: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The four reshapes R_1..R_4 of a conv kernel (out, in, h, w) of the Fantastic Four bound.
+
+    R_1 (out*h, in*w), R_2 (out*w, in*h), R_3 (out, in*h*w), R_4 (out*h*w, in). For the stride-1
+    convolution with this kernel, zero or circular padding (Singla & Feizi, ICLR 2021, Thm. 1):
+    ||conv||_2 <= sqrt(h*w) * min_i ||R_i||_2.
+    """
+    out_channels, in_channels, height, width = kernel.shape
+    return (
+        kernel.permute(0, 2, 1, 3).reshape(out_channels * height, in_channels * width),
+        kernel.permute(0, 3, 1, 2).reshape(out_channels * width, in_channels * height),
+        kernel.reshape(out_channels, in_channels * height * width),
+        kernel.permute(0, 2, 3, 1).reshape(out_channels * height * width, in_channels),
+    )
+
+
+def fantastic_four(
+    kernel: torch.Tensor, vectors: tuple[torch.Tensor, ...], iterations: int
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Warm-started power-iteration estimates of ||R_i||_2 (``fantastic_four_matrices``).
+
+    ``vectors[i]`` is the start vector on the column side of R_i (length in*w, in*h, in*h*w,
+    in). The iterations run without gradient; the returned sigmas (4,) = ||R_i u_i|| keep
+    the gradient w.r.t. ``kernel``. Each sigma_i <= ||R_i||_2, so at convergence
+    ||conv||_2 <= sqrt(h*w) * min_i sigma_i. Returns new (cloned) vectors.
+    """
+    matrices = fantastic_four_matrices(kernel)
+    with torch.no_grad():
+        vectors = tuple(
+            matrix_power_iteration(m.detach(), u, iterations)[1].clone()
+            for m, u in zip(matrices, vectors, strict=True)
+        )
+    sigmas = torch.stack([(m @ u).norm() for m, u in zip(matrices, vectors, strict=True)])
+    return sigmas, vectors
+
+
+def random_unit_vectors(*shape: int) -> torch.Tensor:
+    """Gaussian vectors normalised along the last dimension (power-iteration start vectors)."""
+    u = torch.randn(*shape)
+    return u / u.norm(dim=-1, keepdim=True)

@@ -20,8 +20,13 @@ def jacobian_singular_values(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(jacobian)
 
 
-def largest_singular_value(layer: nn.Module, shape: tuple[int, int, int], points: int = 3,
-                           dtype: torch.dtype = torch.float64, seed: int = 0) -> tuple[float, float]:
+def largest_singular_value(
+    layer: nn.Module,
+    shape: tuple[int, int, int],
+    points: int = 3,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+) -> tuple[float, float]:
     """(max over random points of sigma_max, min over points of sigma_min) of the Jacobian."""
     g = torch.Generator().manual_seed(seed)
     sigma_max, sigma_min = 0.0, float("inf")
@@ -32,8 +37,14 @@ def largest_singular_value(layer: nn.Module, shape: tuple[int, int, int], points
     return sigma_max, sigma_min
 
 
-def adversarial_steps(layer: nn.Module, shape: tuple[int, int, int], steps: int = 30,
-                      lr: float = 0.05, dtype: torch.dtype = torch.float64, seed: int = 0) -> None:
+def adversarial_steps(
+    layer: nn.Module,
+    shape: tuple[int, int, int],
+    steps: int = 30,
+    lr: float = 0.05,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+) -> None:
     """Optimizer steps (train mode) that try to push the layer past 1-Lipschitz.
 
     The loss rewards a large output-distance / input-distance ratio on nearby pairs plus a

@@ -37,7 +37,9 @@ def build(method: str, channels: int, kernel: int) -> torch.nn.Module:
     return LAYERS[method](channels, channels, kernel).double()
 
 
-def assert_bounded(method: str, layer: torch.nn.Module, shape: tuple[int, int, int], when: str) -> None:
+def assert_bounded(
+    method: str, layer: torch.nn.Module, shape: tuple[int, int, int], when: str
+) -> None:
     train_tol, eval_tol = TOLERANCE[method]
     layer.train()
     sigma_train, _ = largest_singular_value(layer, shape)

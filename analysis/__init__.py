@@ -1,0 +1,1 @@
+"""Ranking and plots of lipsweep results; reads only the Parquet dataset (no torch)."""

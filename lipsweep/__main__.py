@@ -1,0 +1,3 @@
+from lipsweep.cli import app
+
+app(prog_name="lipsweep")

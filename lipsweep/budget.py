@@ -1,0 +1,38 @@
+"""Time budgets as people write them ("90s", "45m", "2h", "1h30m", "1d") and back."""
+
+from __future__ import annotations
+
+import re
+
+UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+_TERM = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
+ACCEPTED = "a positive duration such as 90s, 45m, 2h, 1h30m or 1d (units d, h, m, s, largest first)"
+
+
+class BudgetError(ValueError):
+    """A budget string that cannot be read."""
+
+
+def parse_budget(text: str) -> float:
+    """Seconds in a budget string; units must appear largest first and at most once."""
+    cleaned = text.strip().lower()
+    terms = _TERM.findall(cleaned)
+    units = [unit for _, unit in terms]
+    in_order = units == sorted(set(units), key=list(UNIT_SECONDS).index)
+    if not terms or "".join(n + u for n, u in terms) != cleaned or not in_order:
+        raise BudgetError(f"cannot read budget {text!r}: expected {ACCEPTED}")
+    seconds = sum(float(number) * UNIT_SECONDS[unit] for number, unit in terms)
+    if seconds <= 0:
+        raise BudgetError(f"budget {text!r} is not positive: expected {ACCEPTED}")
+    return seconds
+
+
+def format_budget(seconds: float) -> str:
+    """The shortest canonical string for a number of seconds: 5400 -> '1h30m'."""
+    remaining = round(seconds)
+    parts = []
+    for unit, size in UNIT_SECONDS.items():
+        count, remaining = divmod(remaining, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"

@@ -1,0 +1,286 @@
+"""One attempt of one trial: train a ConvNet for a fixed number of epochs, evaluate, checkpoint.
+
+The protocol is the paper's (PAPER.md section 3): offset cross-entropy, SGD with momentum 0.9
+and weight decay on every parameter, OneCycleLR stepped once per epoch after evaluation,
+batch size 256. An attempt never raises: a NaN ends it with status "nan", an out-of-memory
+error with "oom", anything else with "failed". A killed attempt resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from lipsweep.certify import evaluate
+from lipsweep.data import Batches, ImageSet, load_split, train_val_split
+from lipsweep.loss import offset_cross_entropy
+from lipsweep.model import build_model
+
+Status = Literal["completed", "nan", "oom", "failed"]
+CHECKPOINT = "checkpoint.pt"
+PROGRESS = "progress.json"
+SPLIT_SEED = 0  # one fixed 90/10 split per dataset, so every search trial sees the same one
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything that defines one attempt; two equal specs train the same model."""
+
+    dataset: str
+    size: str
+    method: str
+    epochs: int
+    lr: float
+    weight_decay: float
+    seed: int
+    stage: Literal["search", "final"] = "final"
+    batch_size: int = 256
+    eval_every: int = 1  # evaluate every this many epochs (and always after the last one)
+    checkpoint_every_epochs: int = 10
+    checkpoint_every_s: float = 300.0
+    data_dir: str | None = None
+    device: str = "cpu"
+    max_examples: int | None = None  # use only the first N examples of each split (smoke runs)
+
+
+@dataclass
+class Outcome:
+    """What an attempt produced; metrics are from the last evaluation."""
+
+    status: Status
+    error: str = ""
+    epochs_done: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    device_seconds: float = 0.0
+    train_seconds: float = 0.0
+    resumed_from_epoch: int = 0
+    started_at: str = ""
+    ended_at: str = ""
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        trained = [row["train_seconds"] for row in self.history]
+        return sum(trained) / len(trained) if trained else math.nan
+
+
+class NonFiniteError(RuntimeError):
+    """Loss or weights became NaN or infinite."""
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def load_data(spec: TrialSpec) -> tuple[ImageSet, ImageSet]:
+    """(training set, evaluation set): 90/10 train/validation for search, train/test for final."""
+    data_dir = Path(spec.data_dir) if spec.data_dir else None
+    train = load_split(spec.dataset, "train", data_dir)
+    if spec.stage == "search":
+        train, held_out = train_val_split(train, val_fraction=0.1, seed=SPLIT_SEED)
+    else:
+        held_out = load_split(spec.dataset, "test", data_dir)
+    if spec.max_examples is not None:
+        train = train.subset(range(min(len(train), spec.max_examples)))
+        held_out = held_out.subset(range(min(len(held_out), spec.max_examples)))
+    return train, held_out
+
+
+class Attempt:
+    """The state of one attempt: model, optimizer, schedule, history and where it is saved."""
+
+    def __init__(self, spec: TrialSpec, workdir: Path) -> None:
+        self.spec = spec
+        self.workdir = workdir
+        self.device = torch.device(spec.device)
+        torch.manual_seed(spec.seed)
+        self.model = build_model(spec.method, spec.size, spec.dataset).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=spec.lr, momentum=0.9, weight_decay=spec.weight_decay
+        )
+        # The paper steps OneCycleLR once per epoch (steps_per_epoch=1), all else default.
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=spec.lr, epochs=max(spec.epochs, 1), steps_per_epoch=1
+        )
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.seconds_before = 0.0  # device-seconds used by earlier runs of this attempt
+        self.run_started = time.monotonic()
+
+    def device_seconds(self) -> float:
+        """Device-seconds used so far, over every run of this attempt."""
+        return self.seconds_before + time.monotonic() - self.run_started
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save(self) -> None:
+        """Write the checkpoint atomically: a crash leaves the old one or the new one."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "history": self.history,
+            "device_seconds": self.device_seconds(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        temporary = self.workdir / (CHECKPOINT + ".tmp")
+        torch.save(state, temporary)
+        os.replace(temporary, self.workdir / CHECKPOINT)
+
+    def restore(self) -> bool:
+        """Load the last checkpoint if there is one (weights only: no arbitrary unpickling)."""
+        path = self.workdir / CHECKPOINT
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        # Time spent after the checkpoint by a killed run was really used: count it too.
+        self.seconds_before = max(float(state["device_seconds"]), self._recorded_seconds())
+        return True
+
+    def _recorded_seconds(self) -> float:
+        progress = self.workdir / PROGRESS
+        if not progress.exists():
+            return 0.0
+        return float(json.loads(progress.read_text()).get("device_seconds", 0.0))
+
+    def record_progress(self) -> None:
+        """A small file rewritten every epoch: lets `status` and the ledger see live usage."""
+        temporary = self.workdir / (PROGRESS + ".tmp")
+        progress = {"epoch": self.epoch, "device_seconds": self.device_seconds()}
+        temporary.write_text(json.dumps(progress))
+        os.replace(temporary, self.workdir / PROGRESS)
+
+    # -- training ----------------------------------------------------------------------------
+    def epoch_generator(self) -> torch.Generator:
+        """Shuffling and augmentation randomness of one epoch, derived from (seed, epoch), so
+        a resumed attempt sees exactly the batches it would have seen."""
+        return torch.Generator().manual_seed(self.spec.seed * 1_000_003 + self.epoch)
+
+    def train_epoch(self, train: ImageSet) -> dict[str, float]:
+        self.model.train()
+        batches = Batches(train, self.spec.batch_size, True, self.epoch_generator(), self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        seen = 0
+        for x, y in batches:
+            logits = self.model(x)
+            loss = offset_cross_entropy(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            # Accumulate on the device; one synchronisation per epoch, not per batch.
+            finite &= torch.isfinite(loss)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(dim=1) == y).sum()
+            seen += len(y)
+        if not bool(finite) or not self.weights_finite():
+            raise NonFiniteError(f"non-finite loss or weights in epoch {self.epoch + 1}")
+        return {"train_loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen}
+
+    def weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def evaluate(self, data: ImageSet) -> dict[str, float]:
+        batches = Batches(data, self.spec.batch_size, False, torch.Generator(), self.device)
+        return evaluate(self.model, batches)
+
+    def eval_due(self) -> bool:
+        last = self.epoch == self.spec.epochs
+        return last or (self.spec.eval_every > 0 and self.epoch % self.spec.eval_every == 0)
+
+
+def run_attempt(
+    spec: TrialSpec,
+    workdir: Path,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> Outcome:
+    """Train (or resume) one attempt to its planned epochs; never raises."""
+    outcome = Outcome(status="failed", started_at=now())
+    workdir.mkdir(parents=True, exist_ok=True)
+    attempt: Attempt | None = None
+    try:
+        attempt = Attempt(spec, workdir)
+        if attempt.restore():
+            outcome.resumed_from_epoch = attempt.epoch
+        train, held_out = load_data(spec)
+        _train_to_end(attempt, train, held_out, on_epoch)
+        outcome.status = "completed"
+    except NonFiniteError as error:
+        outcome.status, outcome.error = "nan", str(error)
+    except torch.OutOfMemoryError as error:
+        outcome.status, outcome.error = "oom", str(error).splitlines()[0]
+    except Exception:
+        outcome.status, outcome.error = "failed", traceback.format_exc().strip().splitlines()[-1]
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if attempt is not None:
+        outcome.epochs_done = attempt.epoch
+        outcome.history = attempt.history
+        outcome.device_seconds = attempt.device_seconds()
+        outcome.metrics = _last_metrics(attempt.history)
+        outcome.train_seconds = sum(row["train_seconds"] for row in attempt.history)
+    outcome.ended_at = now()
+    return outcome
+
+
+def _train_to_end(
+    attempt: Attempt,
+    train: ImageSet,
+    held_out: ImageSet,
+    on_epoch: Callable[[dict[str, float]], None] | None,
+) -> None:
+    spec = attempt.spec
+    last_save = time.monotonic()
+    while attempt.epoch < spec.epochs:
+        start = time.monotonic()
+        row: dict[str, float] = {
+            "epoch": attempt.epoch + 1,
+            "lr": attempt.scheduler.get_last_lr()[0],
+        }
+        row.update(attempt.train_epoch(train))
+        row["train_seconds"] = time.monotonic() - start
+        attempt.epoch += 1
+        if attempt.eval_due():
+            row.update(attempt.evaluate(held_out))
+        attempt.scheduler.step()
+        attempt.history.append(row)
+        due = attempt.epoch % spec.checkpoint_every_epochs == 0
+        last = attempt.epoch == spec.epochs
+        if due or last or time.monotonic() - last_save > spec.checkpoint_every_s:
+            attempt.save()
+            last_save = time.monotonic()
+        attempt.record_progress()  # after the checkpoint: progress never runs ahead of it
+        if on_epoch is not None:
+            on_epoch(row)
+
+
+def _last_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    for row in reversed(history):
+        if "accuracy" in row:
+            return {k: v for k, v in row.items() if k not in ("epoch", "lr")}
+    return {}
+
+
+def spec_to_dict(spec: TrialSpec) -> dict[str, Any]:
+    return asdict(spec)

@@ -1,0 +1,156 @@
+"""One attempt end to end on real data: results, NaN handling, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from lipsweep.trial import CHECKPOINT, PROGRESS, TrialSpec, run_attempt
+
+DIGITS = TrialSpec(
+    dataset="digits",
+    size="XS",
+    method="aol",
+    epochs=4,
+    lr=0.05,
+    weight_decay=1e-5,
+    seed=3,
+    batch_size=128,
+    checkpoint_every_epochs=1,
+)
+
+
+def test_short_cifar10_run_writes_complete_result_and_history(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    spec = TrialSpec(
+        dataset="cifar10",
+        size="XS",
+        method="aol",
+        epochs=2,
+        lr=0.02,
+        weight_decay=1e-5,
+        seed=0,
+        batch_size=128,
+        data_dir=str(shared_data),
+        max_examples=384,
+    )
+    rows: list[dict[str, float]] = []
+    outcome = run_attempt(spec, tmp_path, on_epoch=rows.append)
+    assert outcome.status == "completed", outcome.error
+    assert outcome.epochs_done == 2 and [r["epoch"] for r in outcome.history] == [1, 2]
+    assert rows == outcome.history
+    for key in ("accuracy", "cra_36", "cra_72", "cra_108", "cra_255"):
+        assert 0 <= outcome.metrics[key] <= 1, key
+    assert outcome.metrics["median_margin"] >= 0
+    assert outcome.metrics["cra_255"] <= outcome.metrics["cra_36"] <= outcome.metrics["accuracy"]
+    assert outcome.device_seconds >= outcome.train_seconds > 0
+    assert (tmp_path / CHECKPOINT).exists()
+    # The checkpoint loads without unpickling arbitrary objects.
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert state["epoch"] == 2
+
+
+def test_absurd_learning_rate_ends_as_nan_within_one_epoch(tmp_path: Path) -> None:
+    spec = replace(DIGITS, method="standard", lr=1e12, epochs=5)
+    outcome = run_attempt(spec, tmp_path)
+    assert outcome.status == "nan", (outcome.status, outcome.error)
+    assert outcome.epochs_done == 0 and "epoch 1" in outcome.error
+
+
+def test_other_errors_are_reported_not_raised(tmp_path: Path) -> None:
+    outcome = run_attempt(replace(DIGITS, data_dir=str(tmp_path)), tmp_path / "a")
+    assert outcome.status == "completed"  # digits need no data dir
+    outcome = run_attempt(
+        replace(DIGITS, dataset="cifar10", data_dir=str(tmp_path)), tmp_path / "b"
+    )
+    assert outcome.status == "failed" and "cifar10 not found" in outcome.error
+
+
+def test_search_stage_evaluates_on_the_validation_split(tmp_path: Path) -> None:
+    outcome = run_attempt(replace(DIGITS, epochs=1, stage="search"), tmp_path)
+    assert outcome.status == "completed"
+    assert 0.0 <= outcome.metrics["accuracy"] <= 1.0
+
+
+def _train_command(out: Path, epochs: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "lipsweep",
+        "train",
+        "--dataset",
+        "digits",
+        "--method",
+        "aol",
+        "--size",
+        "XS",
+        "--epochs",
+        str(epochs),
+        "--lr",
+        "0.05",
+        "--wd",
+        "1e-5",
+        "--seed",
+        "3",
+        "--batch-size",
+        "128",
+        "--checkpoint-every",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+
+
+def test_sigkill_then_resume_completes_with_a_consistent_history(tmp_path: Path) -> None:
+    epochs = 6
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LIPSWEEP_CACHE": str(tmp_path / "cache")}
+    workdir = tmp_path / "runs" / "digits-XS-aol-seed3"
+    process = subprocess.Popen(
+        _train_command(tmp_path / "runs", epochs),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        progress = workdir / PROGRESS
+        ready = (workdir / CHECKPOINT).exists() and progress.exists()
+        if ready and json.loads(progress.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = torch.load(workdir / CHECKPOINT, weights_only=True)["epoch"]
+    assert 2 <= killed_at < epochs, "the run finished before it could be killed"
+
+    resumed = subprocess.run(
+        _train_command(tmp_path / "runs", epochs),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    result = json.loads((workdir / "result.json").read_text())["outcome"]
+    assert result["status"] == "completed"
+    assert result["resumed_from_epoch"] == killed_at
+    assert [row["epoch"] for row in result["history"]] == list(range(1, epochs + 1))
+
+    # The resumed attempt trained exactly as an uninterrupted one would have.
+    uninterrupted = run_attempt(replace(DIGITS, epochs=epochs), tmp_path / "straight")
+    for resumed_row, straight_row in zip(result["history"], uninterrupted.history, strict=True):
+        assert resumed_row["train_loss"] == pytest.approx(straight_row["train_loss"], rel=1e-5)
+    assert result["metrics"]["accuracy"] == pytest.approx(uninterrupted.metrics["accuracy"])
+    assert result["device_seconds"] >= sum(r["train_seconds"] for r in result["history"])
