@@ -203,6 +203,8 @@ def _tiny_files(folder: Path, split: Split, wnids: list[str]) -> tuple[list[Path
     for line in annotations.read_text().splitlines():
         if line.strip():
             name, wnid = line.split("\t")[:2]
+            if wnid not in index:
+                raise ValueError(f"{annotations}: class {wnid} of {name} is not in wnids.txt")
             paths.append(folder / "val" / "images" / name)
             labels.append(index[wnid])
     return paths, labels

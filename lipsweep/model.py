@@ -52,7 +52,9 @@ def base_width(size: str, dataset: str) -> int:
     return SIZES[size] // WIDTH_DIVISOR.get(dataset, 1)
 
 
-def make_conv(method: str, channels: int, kernel_size: int, resolution: int, role: str) -> nn.Module:
+def make_conv(
+    method: str, channels: int, kernel_size: int, resolution: int, role: str
+) -> nn.Module:
     """One square conv of ``method`` with the per-method extras the paper uses.
 
     ``role`` is "first", "block" or "head": AOL uses orthogonal init for the first conv and the
@@ -69,9 +71,7 @@ def make_conv(method: str, channels: int, kernel_size: int, resolution: int, rol
     return layer_class(channels, channels, kernel_size)
 
 
-def conv_block(
-    method: str, channels: int, kernel_size: int, resolution: int
-) -> nn.Sequential:
+def conv_block(method: str, channels: int, kernel_size: int, resolution: int) -> nn.Sequential:
     """Block of ``channels`` channels at ``resolution``: 5 x (conv, MaxMin), project, unshuffle."""
     stages: OrderedDict[str, nn.Module] = OrderedDict()
     for j in range(LAYERS_PER_BLOCK):

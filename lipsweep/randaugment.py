@@ -24,9 +24,8 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["OP_NAMES", "apply_op", "op_magnitude", "rand_augment"]
+__all__ = ["OP_NAMES", "apply_op", "draw_ops", "op_magnitude", "rand_augment"]
 
 OP_NAMES: tuple[str, ...] = (
     "Identity",
@@ -169,19 +168,29 @@ def _op_matrix(op_name: str, value: float, height: int, width: int) -> Matrix:
     raise ValueError(f"{op_name} is not a geometric op")
 
 
-def _warp(images: torch.Tensor, matrices: torch.Tensor, fill: Fill) -> torch.Tensor:
-    """Nearest-neighbour inverse warp of each image by its (6,) float64 matrix."""
-    b, c, h, w = images.shape
-    ys = torch.arange(h, dtype=torch.float64).view(1, h, 1) + 0.5
-    xs = torch.arange(w, dtype=torch.float64).view(1, 1, w) + 0.5
-    m = matrices.view(b, 6, 1, 1).unbind(1)
+def _source_pixels(matrices: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Flat source index per output pixel for (N, 6) float64 matrices, -1 outside.
+
+    Like Pillow's NEAREST transform: the source is ``floor(M @ (x + 0.5, y + 0.5))``.
+    """
+    n = matrices.shape[0]
+    ys = torch.arange(height, dtype=torch.float64).view(1, height, 1) + 0.5
+    xs = torch.arange(width, dtype=torch.float64).view(1, 1, width) + 0.5
+    m = matrices.view(n, 6, 1, 1).unbind(1)
     src_x = torch.floor(m[0] * xs + m[1] * ys + m[2])
     src_y = torch.floor(m[3] * xs + m[4] * ys + m[5])
-    valid = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
-    index = src_y.clamp(0, h - 1).long() * w + src_x.clamp(0, w - 1).long()
-    index = index.view(b, 1, h * w).expand(b, c, h * w)
-    out = images.reshape(b, c, h * w).gather(2, index).view(b, c, h, w)
-    return torch.where(valid.unsqueeze(1), out, _fill_tensor(fill, c))
+    valid = (src_x >= 0) & (src_x < width) & (src_y >= 0) & (src_y < height)
+    index = src_y.long() * width + src_x.long()
+    return torch.where(valid, index, -1).view(n, height * width)
+
+
+def _warp(images: torch.Tensor, index: torch.Tensor, fill: Fill) -> torch.Tensor:
+    """Gather each image's pixels at its (H * W) source index; -1 takes ``fill``."""
+    b, c, h, w = images.shape
+    gather_index = index.clamp(min=0).unsqueeze(1).expand(b, c, h * w)
+    out = images.reshape(b, c, h * w).gather(2, gather_index).view(b, c, h, w)
+    inside = (index >= 0).view(b, 1, h, w)
+    return torch.where(inside, out, _fill_tensor(fill, c))
 
 
 def _geometric(op_name: str) -> Callable[[torch.Tensor, torch.Tensor, Fill], torch.Tensor]:
@@ -189,10 +198,11 @@ def _geometric(op_name: str) -> Callable[[torch.Tensor, torch.Tensor, Fill], tor
 
     def apply(images: torch.Tensor, values: torch.Tensor, fill: Fill) -> torch.Tensor:
         h, w = images.shape[-2:]
+        # one sampling grid per distinct value (at most two in rand_augment)
         unique, inverse = torch.unique(values, return_inverse=True)
         rows = [_op_matrix(op_name, float(v), h, w) for v in unique.tolist()]
-        matrices = torch.tensor(rows, dtype=torch.float64)[inverse]
-        return _warp(images, matrices, fill)
+        index = _source_pixels(torch.tensor(rows, dtype=torch.float64), h, w)
+        return _warp(images, index[inverse], fill)
 
     return apply
 
@@ -229,12 +239,13 @@ def _contrast(images: torch.Tensor, values: torch.Tensor, fill: Fill) -> torch.T
 
 def _sharpness(images: torch.Tensor, values: torch.Tensor, fill: Fill) -> torch.Tensor:
     """Blend with the 3x3 SMOOTH filtered image (border kept) by ``1 + value``."""
-    b, c, h, w = images.shape
+    h, w = images.shape[-2:]
     if h <= 2 or w <= 2:
         return images
-    kernel = torch.ones(c, 1, 3, 3)
-    kernel[:, :, 1, 1] = 5.0
-    sums = F.conv2d(images.float(), kernel, groups=c).int()  # exact integer sums
+    wide = images.to(torch.int16)
+    rows = wide[..., :-2] + wide[..., 1:-1] + wide[..., 2:]
+    box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]
+    sums = box + 4 * wide[..., 1:-1, 1:-1]  # kernel 1 1 1 / 1 5 1 / 1 1 1, at most 3315
     smooth = torch.div(2 * sums + 13, 26, rounding_mode="floor")  # round(sums / 13)
     degenerate = images.clone()
     degenerate[:, :, 1:-1, 1:-1] = smooth.to(torch.uint8)
@@ -244,24 +255,37 @@ def _sharpness(images: torch.Tensor, values: torch.Tensor, fill: Fill) -> torch.
 def _posterize(images: torch.Tensor, values: torch.Tensor, fill: Fill) -> torch.Tensor:
     """Keep the top ``int(value)`` bits of every pixel."""
     bits = values.long()
+    if bool(((bits < 0) | (bits > 8)).any()):
+        raise ValueError(f"posterize bits must be in [0, 8], got {bits.tolist()}")
     mask = ~((1 << (8 - bits)) - 1) & 0xFF
     return images & _per_image(mask.to(torch.uint8))
 
 
 def _solarize(images: torch.Tensor, values: torch.Tensor, fill: Fill) -> torch.Tensor:
     """Invert the pixels at or above the threshold ``value``."""
-    above = images.double() >= _per_image(values.double())
-    return torch.where(above, 255 - images, images)
+    threshold = torch.ceil(values).clamp(0, 256).to(torch.int16)  # integer pixels
+    return torch.where(images >= _per_image(threshold), 255 - images, images)
+
+
+def _apply_lut(images: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """Map every channel through its own (B * C, 256) lookup table."""
+    b, c, h, w = images.shape
+    pixels = images.reshape(b * c, h * w).long()
+    return lut.gather(1, pixels).to(torch.uint8).view(b, c, h, w)
 
 
 def _autocontrast(images: torch.Tensor, values: torch.Tensor, fill: Fill) -> torch.Tensor:
     """Stretch each channel to [0, 255] like ``ImageOps.autocontrast``."""
-    lo = images.amin(dim=(2, 3), keepdim=True).double()
-    hi = images.amax(dim=(2, 3), keepdim=True).double()
-    scale = 255.0 / (hi - lo).clamp(min=1.0)
+    b, c = images.shape[:2]
+    flat = images.reshape(b * c, -1)
+    lo = flat.amin(dim=1, keepdim=True).double()
+    hi = flat.amax(dim=1, keepdim=True).double()
+    # a true division: ``255.0 / tensor`` is a reciprocal product in torch
+    scale = torch.full_like(hi, 255.0) / (hi - lo).clamp(min=1.0)
     offset = -lo * scale
-    stretched = torch.trunc(images.double() * scale + offset).clamp(0, 255).to(torch.uint8)
-    return torch.where(hi > lo, stretched, images)
+    levels = torch.arange(256, dtype=torch.float64)
+    lut = torch.trunc(levels * scale + offset).clamp(0, 255)
+    return _apply_lut(images, torch.where(hi > lo, lut, levels).long())
 
 
 def _equalize(images: torch.Tensor, values: torch.Tensor, fill: Fill) -> torch.Tensor:
@@ -275,8 +299,7 @@ def _equalize(images: torch.Tensor, values: torch.Tensor, fill: Fill) -> torch.T
     step = (h * w - hist.gather(1, last)) // 255
     before = hist.cumsum(dim=1) - hist
     lut = ((step // 2 + before) // step.clamp(min=1)).clamp(max=255)
-    lut = torch.where(step > 0, lut, levels)
-    return lut.gather(1, pixels).to(torch.uint8).view(b, c, h, w)
+    return _apply_lut(images, torch.where(step > 0, lut, levels))
 
 
 _OPS: dict[str, Callable[[torch.Tensor, torch.Tensor, Fill], torch.Tensor]] = {
@@ -326,6 +349,22 @@ def apply_op(
     return _OPS[op_name](images, values.contiguous(), fill)
 
 
+def draw_ops(
+    batch: int, num_ops: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw RandAugment's random choices for a batch.
+
+    Returns ``(ops, negate)``, both (num_ops, batch): indices into ``OP_NAMES``
+    (uniform) and whether a signed op's magnitude is negated (probability 0.5).
+    """
+    ops = torch.empty(num_ops, batch, dtype=torch.int64)
+    negate = torch.empty(num_ops, batch, dtype=torch.bool)
+    for round_ in range(num_ops):
+        ops[round_] = torch.randint(len(OP_NAMES), (batch,), generator=generator)
+        negate[round_] = torch.randint(2, (batch,), generator=generator).bool()
+    return ops, negate
+
+
 def rand_augment(
     images: torch.Tensor,
     num_ops: int = 2,
@@ -338,24 +377,24 @@ def rand_augment(
 
     For each of ``num_ops`` rounds every image picks one of the 14 ops
     uniformly and, for signed ops, negates the magnitude with probability 0.5,
-    as ``torchvision.transforms.RandAugment`` does per call.
+    as ``torchvision.transforms.RandAugment`` does per call. The choices come
+    from :func:`draw_ops` with ``generator``.
     """
     _check_images(images)
     batch, _, height, width = images.shape
     table = {
         name: op_magnitude(name, magnitude, num_magnitude_bins, height, width) for name in OP_NAMES
     }
+    ops, negate = draw_ops(batch, num_ops, generator)
     out = images.clone()
-    for _ in range(num_ops):
-        ops = torch.randint(len(OP_NAMES), (batch,), generator=generator)
-        negate = torch.randint(2, (batch,), generator=generator).bool()
+    for round_ in range(num_ops):
         for index, op_name in enumerate(OP_NAMES):
-            chosen = (ops == index).nonzero().squeeze(1)
+            chosen = (ops[round_] == index).nonzero().squeeze(1)
             if chosen.numel() == 0 or op_name == "Identity":
                 continue
             value, signed = table[op_name]
             values = torch.full((chosen.numel(),), value, dtype=torch.float64)
             if signed:
-                values = torch.where(negate[chosen], -values, values)
+                values = torch.where(negate[round_, chosen], -values, values)
             out[chosen] = _OPS[op_name](out[chosen], values, fill)
     return out

@@ -31,6 +31,9 @@ METHODS: tuple[str, ...] = tuple(name for name in LAYERS if name != "standard")
 LINEAR_HEADS: dict[str, type[nn.Module]] = {"bcop": BjorckLinear, "cayley": CayleyLinear}
 
 __all__ = [
+    "LAYERS",
+    "LINEAR_HEADS",
+    "METHODS",
     "AOLConv2d",
     "BCOPConv2d",
     "BjorckLinear",
@@ -38,10 +41,7 @@ __all__ = [
     "CayleyConv2d",
     "CayleyLinear",
     "FirstChannels",
-    "LAYERS",
-    "LINEAR_HEADS",
     "LOTConv2d",
-    "METHODS",
     "MaxMin",
     "SLLConv2d",
     "SOCConv2d",
