@@ -28,10 +28,13 @@ def parse_budget(text: str) -> float:
 
 
 def format_budget(seconds: float) -> str:
-    """The shortest canonical string for a number of seconds: 5400 -> '1h30m'."""
+    """A canonical string for a number of seconds, in hours as the paper writes budgets:
+    5400 -> '1h30m', 86400 -> '24h'."""
     remaining = round(seconds)
     parts = []
     for unit, size in UNIT_SECONDS.items():
+        if unit == "d":
+            continue
         count, remaining = divmod(remaining, size)
         if count:
             parts.append(f"{count}{unit}")

@@ -194,9 +194,9 @@ def affine_bound(
     """||A|| of an affine layer f(x) = A x + b at input shape (C, H, W) or (F,), float64.
 
     A v = f(v) - f(0) exactly, so this measures the layer minus its bias at the resolution it
-    really runs at (the spectrum of a conv depends on it).
+    really runs at (the spectrum of a conv depends on it). Works on a float64 copy.
     """
-    layer = layer.double().eval()
+    layer = copy.deepcopy(layer).double().eval()
     like = torch.zeros(1, *shape, dtype=torch.float64, device=device_of(layer))
     with torch.no_grad():
         offset = layer(like)
@@ -212,9 +212,9 @@ def residual_bound(
     eigenvalues lie in [1 - lam, 1] with lam = ||S^(1/2) K||^2 and ||J|| <= max(1, lam - 1)
     (CPL: lam = 2 sigma_true^2 / (sigma_used^2 + 1e-6)). lam is measured in float64 by power
     iteration of the zero-padded conv (padding k // 2, as ``residual_step``) at this input
-    size, with the cached eval scale S of the layer at that size.
+    size, with the eval scale S that a float64 copy of the layer computes for that size.
     """
-    layer = layer.double().eval()
+    layer = copy.deepcopy(layer).double().eval()
     size = tuple(shape[-2:]) if getattr(layer, "size_dependent", False) else ()
     kernel, scale = layer.cached_weight(*size)
     root = scale.clamp_min(0).sqrt()
@@ -251,8 +251,8 @@ def layer_bounds(
 ) -> list[LayerBound]:
     """Per-stage Lipschitz bounds of a sequential model for inputs of ``input_shape`` (C, H, W).
 
-    Each parametrised stage is copied to float64 (the model itself is left unchanged) and
-    measured at the input size it sees in the model. A stage of unknown type raises
+    Each parametrised stage is measured on a float64 copy (the model is left unchanged), at
+    the input size it sees in the model. A stage of unknown type raises
     ``TypeError``: it cannot be bounded silently.
     """
     was_training = model.training
@@ -276,10 +276,10 @@ def stage_bound(
     if isinstance(stage, NONEXPANSIVE) or is_global_max_pool(stage):
         return LayerBound(name, "nonexpansive", 1.0, 0, True)
     if isinstance(stage, RESIDUAL):
-        bound, steps, done = residual_bound(copy_of(stage), shape, iterations, rtol)
+        bound, steps, done = residual_bound(stage, shape, iterations, rtol)
         return LayerBound(name, "residual", bound, steps, done)
     if isinstance(stage, AFFINE):
-        bound, steps, done = affine_bound(copy_of(stage), shape, iterations, rtol)
+        bound, steps, done = affine_bound(stage, shape, iterations, rtol)
         return LayerBound(name, "affine", bound, steps, done)
     raise TypeError(f"no Lipschitz bound known for stage {name!r} ({type(stage).__name__})")
 
@@ -287,11 +287,6 @@ def stage_bound(
 def is_global_max_pool(stage: nn.Module) -> bool:
     """AdaptiveMaxPool2d(1): each output is a max over one channel, so it is 1-Lipschitz."""
     return isinstance(stage, nn.AdaptiveMaxPool2d) and stage.output_size in (1, (1, 1))
-
-
-def copy_of(layer: nn.Module) -> nn.Module:
-    """A deep copy, so converting it to float64 leaves the model untouched."""
-    return copy.deepcopy(layer)
 
 
 def lipschitz_upper_bound(

@@ -173,3 +173,49 @@ def train(
     except ValueError as error:  # bad input found while planning: nothing was trained
         raise fail(str(error)) from None
     raise typer.Exit(code)
+
+
+def split_list(text: str, choices: tuple[str, ...] | list[str], what: str) -> list[str]:
+    values = [value.strip() for value in text.split(",") if value.strip()]
+    if not values:
+        raise fail(f"--{what}s is empty: give a comma-separated list of {', '.join(choices)}")
+    for value in values:
+        check_choice(value, choices, what)
+    return values
+
+
+@app.command()
+def calibrate(
+    datasets: Annotated[str, typer.Option(help="Comma-separated datasets.")] = "cifar10",
+    sizes: Annotated[str, typer.Option(help="Comma-separated sizes (XS,S,M,L).")] = "XS",
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated methods.")
+    ] = "aol,bcop,cpl,cayley,lot,sll,soc",
+    budget: Annotated[
+        str, typer.Option(help="Comma-separated budgets, e.g. 2h,10h,24h.")
+    ] = "2h,10h,24h",
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 256,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Dataset folder (default $LIPSWEEP_DATA).")
+    ] = None,
+) -> None:
+    """Measure seconds per epoch of each cell on this hardware and print the epochs each budget
+    buys, beside the paper's A100 figures. Results are cached per device and cell."""
+    from lipsweep.calibrate_command import print_calibrations
+    from lipsweep.data import DATASETS
+    from lipsweep.layers import LAYERS
+    from lipsweep.model import SIZES
+
+    cells = (
+        split_list(datasets, list(DATASETS), "dataset"),
+        split_list(sizes, list(SIZES), "size"),
+        split_list(methods, list(LAYERS), "method"),
+    )
+    budgets = [check_budget(b) for b in budget.split(",") if b.strip()]
+    if not budgets:
+        raise fail("--budget is empty: give budgets such as 2h,10h,24h")
+    try:
+        print_calibrations(*cells, budgets, batch_size, pick_device(device), data_dir, console)
+    except (FileNotFoundError, ValueError) as error:
+        raise fail(str(error)) from None

@@ -170,14 +170,11 @@ class Attempt:
         os.replace(temporary, self.workdir / PROGRESS)
 
     # -- training ----------------------------------------------------------------------------
-    def epoch_generator(self) -> torch.Generator:
-        """Shuffling and augmentation randomness of one epoch, derived from (seed, epoch), so
-        a resumed attempt sees exactly the batches it would have seen."""
-        return torch.Generator().manual_seed(self.spec.seed * 1_000_003 + self.epoch)
-
-    def train_epoch(self, train: ImageSet) -> dict[str, float]:
+    def train_epoch(self, batches: Batches) -> dict[str, float]:
+        """One pass over the training batches. Shuffling and augmentation are seeded by
+        (seed, epoch), so a resumed attempt sees exactly the batches it would have seen."""
         self.model.train()
-        batches = Batches(train, self.spec.batch_size, True, self.epoch_generator(), self.device)
+        batches.generator.manual_seed(self.spec.seed * 1_000_003 + self.epoch)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         finite = torch.ones((), dtype=torch.bool, device=self.device)
@@ -200,9 +197,8 @@ class Attempt:
     def weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
 
-    def evaluate(self, data: ImageSet) -> dict[str, float]:
-        batches = Batches(data, self.spec.batch_size, False, torch.Generator(), self.device)
-        return evaluate(self.model, batches)
+    def batches(self, data: ImageSet, train: bool) -> Batches:
+        return Batches(data, self.spec.batch_size, train, torch.Generator(), self.device)
 
     def eval_due(self) -> bool:
         last = self.epoch == self.spec.epochs
@@ -251,6 +247,8 @@ def _train_to_end(
     on_epoch: Callable[[dict[str, float]], None] | None,
 ) -> None:
     spec = attempt.spec
+    train_batches = attempt.batches(train, train=True)
+    eval_batches = attempt.batches(held_out, train=False)
     last_save = time.monotonic()
     while attempt.epoch < spec.epochs:
         start = time.monotonic()
@@ -258,11 +256,11 @@ def _train_to_end(
             "epoch": attempt.epoch + 1,
             "lr": attempt.scheduler.get_last_lr()[0],
         }
-        row.update(attempt.train_epoch(train))
+        row.update(attempt.train_epoch(train_batches))
         row["train_seconds"] = time.monotonic() - start
         attempt.epoch += 1
         if attempt.eval_due():
-            row.update(attempt.evaluate(held_out))
+            row.update(evaluate(attempt.model, eval_batches))
         attempt.scheduler.step()
         attempt.history.append(row)
         due = attempt.epoch % spec.checkpoint_every_epochs == 0

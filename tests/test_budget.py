@@ -29,7 +29,9 @@ def test_bad_budgets_name_the_accepted_forms(text: str) -> None:
         parse_budget(text)
 
 
-@pytest.mark.parametrize("seconds,text", [(5400, "1h30m"), (86400, "1d"), (90, "1m30s"), (0, "0s")])
+@pytest.mark.parametrize(
+    "seconds,text", [(5400, "1h30m"), (86400, "24h"), (172800, "48h"), (90, "1m30s"), (0, "0s")]
+)
 def test_format_round_trips(seconds: float, text: str) -> None:
     assert format_budget(seconds) == text
     if seconds:

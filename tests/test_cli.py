@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -66,3 +67,65 @@ def test_doctor_survives_missing_data_and_slurm(tmp_path: Path) -> None:
     assert "no dataset found" in result.stdout
     assert "lipsweep data download" in result.stdout
     assert "sbatch not on PATH" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--method", "nope"], "unknown method 'nope'"),
+        (["train", "--method", "aol", "--size", "XL"], "unknown size 'XL'"),
+        (["train", "--method", "aol", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["train", "--method", "aol", "--budget", "2x"], "cannot read budget '2x'"),
+        (["train", "--method", "aol", "--epochs", "0"], "--epochs must be at least 1"),
+        (["calibrate", "--methods", "aol,nope"], "unknown method 'nope'"),
+        (["data", "download", "mnist"], "mnist"),
+    ],
+)
+def test_bad_input_is_a_one_line_error_with_exit_code_2(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    result = run(*args, env={"LIPSWEEP_DATA": str(tmp_path)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_dataset_fails_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run(
+        "train",
+        "--method",
+        "aol",
+        "--dataset",
+        "cifar10",
+        "--out",
+        str(out),
+        env={"LIPSWEEP_DATA": str(tmp_path / "empty")},
+    )
+    assert result.returncode == 2
+    assert (
+        "cifar10 not found" in result.stderr and "lipsweep data download cifar10" in result.stderr
+    )
+    assert not out.exists()
+
+
+def test_train_runs_and_prints_certified_accuracy(tmp_path: Path) -> None:
+    result = run(
+        "train",
+        "--method",
+        "sll",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        env={"OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "result: completed" in result.stdout and "cra_36" in result.stdout
+    saved = json.loads((tmp_path / "digits-XS-sll-seed0" / "result.json").read_text())
+    assert saved["outcome"]["status"] == "completed" and saved["spec"]["epochs"] == 2

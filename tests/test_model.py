@@ -91,14 +91,14 @@ def test_blocks_for_input() -> None:
 
 def test_sizes_and_widths() -> None:
     assert SIZES == {"XS": 16, "S": 32, "M": 64, "L": 128}
-    for size, width in SIZES.items():
-        cifar, tiny = build_model("standard", size, "cifar10"), None
-        with torch.device("meta"):
+    with torch.device("meta"):
+        for size, width in SIZES.items():
+            cifar = build_model("standard", size, "cifar10")
             tiny = build_model("standard", size, "tiny-imagenet")
-        assert (cifar.base_width, cifar.num_blocks) == (width, 5)
-        assert (tiny.base_width, tiny.num_blocks) == (width // 2, 6)
-        if size == "S":
-            break  # M and L take seconds to allocate; their counts are checked above
+            digits = build_model("standard", size, "digits")
+            assert (cifar.base_width, cifar.num_blocks) == (width, 5)
+            assert (tiny.base_width, tiny.num_blocks) == (width // 2, 6)
+            assert (digits.base_width, digits.num_blocks) == (width, 3)
 
 
 def test_paper_structure() -> None:
@@ -146,7 +146,9 @@ def test_method_extras_follow_the_paper() -> None:
     nn.init.dirac_(dirac)
     assert torch.equal(aol.block0.conv0.weight, dirac)
     first = aol.first_conv.weight.flatten(1)
-    torch.testing.assert_close(first @ first.T, torch.eye(4, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        first @ first.T, torch.eye(4, dtype=torch.float64), atol=1e-6, rtol=0
+    )
     cpl = tiny_model("cpl")
     sizes = [layer.input_size for _, layer in lipschitz_layers(cpl)]
     assert sizes == [8] + [8] * 5 + [4] * 5 + [2] * 5 + [1]

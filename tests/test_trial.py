@@ -40,9 +40,9 @@ def test_short_cifar10_run_writes_complete_result_and_history(
         lr=0.02,
         weight_decay=1e-5,
         seed=0,
-        batch_size=128,
+        batch_size=64,
         data_dir=str(shared_data),
-        max_examples=384,
+        max_examples=128,
     )
     rows: list[dict[str, float]] = []
     outcome = run_attempt(spec, tmp_path, on_epoch=rows.append)
