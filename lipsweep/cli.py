@@ -219,3 +219,267 @@ def calibrate(
         print_calibrations(*cells, budgets, batch_size, pick_device(device), data_dir, console)
     except (FileNotFoundError, ValueError) as error:
         raise fail(str(error)) from None
+
+
+def _sweep_config(
+    preset: str | None,
+    out: Path,
+    datasets: str | None,
+    sizes: str | None,
+    methods: str | None,
+    budget: str | None,
+    trials: int | None,
+    search_budget: str | None,
+    calibration: str,
+    max_gpu_hours: float | None,
+    gpus_per_trial: float,
+    cpus_per_trial: int,
+    max_retries: int,
+    sampler: str,
+    seed: int,
+    batch_size: int | None,
+    data_dir: Path | None,
+):
+    """A SweepConfig from a preset and the options given on the command line."""
+    from lipsweep.data import DATASETS
+    from lipsweep.launch_command import PRESETS, sweep_id_for
+    from lipsweep.layers import METHODS
+    from lipsweep.model import SIZES
+    from lipsweep.sweep import SweepConfig, budget_label
+
+    base: dict = dict(PRESETS["paper"])
+    if preset is not None:
+        check_choice(preset, list(PRESETS), "preset")
+        base.update(PRESETS[preset])
+    if datasets:
+        base["datasets"] = tuple(split_list(datasets, list(DATASETS), "dataset"))
+    if sizes:
+        base["sizes"] = tuple(split_list(sizes, list(SIZES), "size"))
+    if methods:
+        base["methods"] = tuple(split_list(methods, list(METHODS), "method"))
+    if budget or "budgets" not in base:
+        text = budget or "24h"
+        for part in text.split(","):
+            check_budget(part)
+        base["budgets"] = tuple(budget_label(b) for b in text.split(",") if b.strip())
+    if search_budget:
+        check_budget(search_budget)
+        base["search_budget"] = budget_label(search_budget)
+    check_choice(calibration, ("measure", "paper-a100"), "calibration")
+    check_choice(sampler, ("random", "tpe"), "sampler")
+    for name, value in (("--trials", trials), ("--cpus-per-trial", cpus_per_trial)):
+        if value is not None and value < 1:
+            raise fail(f"{name} must be at least 1, got {value}")
+    if max_gpu_hours is not None and max_gpu_hours <= 0:
+        raise fail(f"--max-gpu-hours must be positive, got {max_gpu_hours}")
+    return SweepConfig(
+        sweep_id=sweep_id_for(out),
+        datasets=base["datasets"],
+        sizes=base["sizes"],
+        methods=base["methods"],
+        budgets=base["budgets"],
+        trials=trials or base["trials"],
+        search_budget=base["search_budget"],
+        calibration=calibration,
+        max_gpu_hours=max_gpu_hours,
+        gpus_per_trial=gpus_per_trial,
+        cpus_per_trial=cpus_per_trial,
+        max_retries=max_retries,
+        sampler=sampler,
+        seed=seed,
+        batch_size=batch_size or base.get("batch_size", 256),
+        data_dir=str(data_dir) if data_dir else None,
+    )
+
+
+DatasetsOpt = Annotated[str | None, typer.Option(help="Comma-separated datasets.")]
+SizesOpt = Annotated[str | None, typer.Option(help="Comma-separated sizes (XS,S,M,L).")]
+MethodsOpt = Annotated[str | None, typer.Option(help="Comma-separated methods.")]
+BudgetOpt = Annotated[
+    str | None, typer.Option(help="Final-run budget(s), e.g. 24h or 2h,10h,24h (default 24h).")
+]
+TrialsOpt = Annotated[int | None, typer.Option(help="Search trials per cell (paper: 16).")]
+SearchOpt = Annotated[str | None, typer.Option(help="Budget of each search trial (paper: 2h).")]
+CalibOpt = Annotated[str, typer.Option(help="measure (this hardware) or paper-a100.")]
+CapOpt = Annotated[
+    float | None, typer.Option(help="Stop starting attempts past this many GPU-hours.")
+]
+GpusOpt = Annotated[float, typer.Option(help="GPUs per trial (0: CPU; 0.5: two per GPU).")]
+CpusOpt = Annotated[int, typer.Option(help="CPU cores per trial.")]
+RetriesOpt = Annotated[int, typer.Option(help="New-seed retries of a NaN attempt.")]
+SamplerOpt = Annotated[str, typer.Option(help="Optuna sampler: random (paper) or tpe.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the samplers and final-run seeds.")]
+BatchOpt = Annotated[int | None, typer.Option(help="Batch size (paper: 256).")]
+DataOpt = Annotated[Path | None, typer.Option(help="Dataset folder (default $LIPSWEEP_DATA).")]
+PresetOpt = Annotated[str | None, typer.Option(help="paper (default) or quickstart.")]
+
+
+@app.command()
+def launch(
+    out: Annotated[
+        Path, typer.Option(help="The sweep's folder (results, checkpoints, studies).")
+    ] = Path("runs/sweep"),
+    preset: PresetOpt = None,
+    datasets: DatasetsOpt = None,
+    sizes: SizesOpt = None,
+    methods: MethodsOpt = None,
+    budget: BudgetOpt = None,
+    trials: TrialsOpt = None,
+    search_budget: SearchOpt = None,
+    calibration: CalibOpt = "measure",
+    max_gpu_hours: CapOpt = None,
+    gpus_per_trial: GpusOpt = 0.0,
+    cpus_per_trial: CpusOpt = 1,
+    max_retries: RetriesOpt = 2,
+    sampler: SamplerOpt = "random",
+    seed: SeedOpt = 0,
+    batch_size: BatchOpt = None,
+    data_dir: DataOpt = None,
+    backend: Annotated[
+        str, typer.Option(help="local (Ray in this process) or ray (--address).")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address for --backend ray.")
+    ] = None,
+) -> None:
+    """Run the paper's protocol: search, select, final runs, into a Parquet dataset.
+
+    Re-running the same launch resumes it."""
+    from lipsweep.launch_command import launch as run_launch
+
+    check_choice(backend, ("local", "ray"), "backend")
+    if backend == "ray" and not address:
+        raise fail("--backend ray needs --address HOST:PORT of a running Ray cluster")
+    config = _sweep_config(
+        preset,
+        out,
+        datasets,
+        sizes,
+        methods,
+        budget,
+        trials,
+        search_budget,
+        calibration,
+        max_gpu_hours,
+        gpus_per_trial,
+        cpus_per_trial,
+        max_retries,
+        sampler,
+        seed,
+        batch_size,
+        data_dir,
+    )
+    try:
+        run_launch(config, out, address if backend == "ray" else None, console)
+    except (FileNotFoundError, ValueError) as error:
+        raise fail(str(error)) from None
+    _print_finals(out)
+
+
+@app.command()
+def plan(
+    out: Annotated[Path, typer.Option(help="Folder the sweep would use (for its id).")] = Path(
+        "runs/sweep"
+    ),
+    preset: PresetOpt = None,
+    datasets: DatasetsOpt = None,
+    sizes: SizesOpt = None,
+    methods: MethodsOpt = None,
+    budget: BudgetOpt = None,
+    trials: TrialsOpt = None,
+    search_budget: SearchOpt = None,
+    calibration: CalibOpt = "paper-a100",
+    gpus: Annotated[int, typer.Option(help="Devices to compute the makespan for.")] = 8,
+    data_dir: DataOpt = None,
+) -> None:
+    """Print, before anything runs, the attempts, GPU-hours and makespan of a launch."""
+    from lipsweep.launch_command import make_plans, plan_table
+    from lipsweep.sweep import check_epochs, planned_trials
+
+    config = _sweep_config(
+        preset,
+        out,
+        datasets,
+        sizes,
+        methods,
+        budget,
+        trials,
+        search_budget,
+        calibration,
+        None,
+        1.0,
+        1,
+        2,
+        "random",
+        0,
+        None,
+        data_dir,
+    )
+    try:
+        plans = make_plans(config, console)
+        check_epochs(planned_trials(config, plans))
+    except (FileNotFoundError, ValueError) as error:
+        raise fail(str(error)) from None
+    console.print(plan_table(config, plans, gpus))
+
+
+@app.command()
+def resume(
+    out: Annotated[Path, typer.Argument(help="The sweep's folder.")],
+    address: Annotated[str | None, typer.Option(help="Ray cluster address, if any.")] = None,
+) -> None:
+    """Finish a sweep that was interrupted: nothing finished runs again."""
+    from lipsweep.launch_command import launch as run_launch
+    from lipsweep.sweep import SweepConfig
+
+    if not (out / "sweep.json").exists():
+        raise fail(f"{out} holds no sweep (no sweep.json): start one with `lipsweep launch`")
+    try:
+        run_launch(SweepConfig.load(out), out, address, console)
+    except (FileNotFoundError, ValueError) as error:
+        raise fail(str(error)) from None
+    _print_finals(out)
+
+
+def _print_finals(out: Path) -> None:
+    """The ranking of the sweep's final runs, its tables and figures (analysis package)."""
+    from analysis.rank_command import run_rank
+
+    run_rank([out], [1, 3, 10], 36, None, False, None, console)
+
+
+@app.command()
+def rank(
+    dirs: Annotated[list[Path] | None, typer.Argument(help="Sweep folder(s) to rank.")] = None,
+    top: Annotated[str, typer.Option(help="Comma-separated k's of the top-k counts.")] = "1,3,10",
+    radius: Annotated[int, typer.Option(help="CRA radius in 1/255 units (36, 72, 108, 255).")] = 36,
+    budget: Annotated[str | None, typer.Option(help="Rank only this budget, e.g. 24h.")] = None,
+    paper: Annotated[bool, typer.Option(help="Rank the paper's own published numbers.")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Where figures go (default DIR/analysis).")
+    ] = None,
+) -> None:
+    """Rank methods by top-k certified robust accuracy; print the paper's tables; draw figures."""
+    from analysis.rank_command import run_rank
+
+    try:
+        ks = sorted({int(k) for k in top.split(",") if k.strip()})
+    except ValueError:
+        raise fail(f"--top must be comma-separated integers such as 1,3,10, got {top!r}") from None
+    if not ks or ks[0] < 1:
+        raise fail(f"--top must list positive integers such as 1,3,10, got {top!r}")
+    if radius not in (36, 72, 108, 255):
+        raise fail(f"--radius must be one of 36, 72, 108, 255 (units of 1/255), got {radius}")
+    folders = list(dirs or [])
+    if not folders and not paper:
+        raise fail("give a sweep folder to rank, or --paper to rank the paper's numbers")
+    for folder in folders:
+        if not folder.is_dir():
+            raise fail(f"{folder} is not a folder: give the --out of a sweep")
+    label = None
+    if budget is not None:
+        from lipsweep.sweep import budget_label
+
+        check_budget(budget)
+        label = budget_label(budget)
+    raise typer.Exit(run_rank(folders, ks, radius, label, paper, out, console))

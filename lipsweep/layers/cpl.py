@@ -5,26 +5,33 @@
 K a zero-padded k x k convolution and sigma its operator norm. The Jacobian I - r K^T D K
 (D in [0, 1]) has eigenvalues in [1 - r sigma^2, 1], so norm <= 1 while r sigma^2 <= 2.
 
-sigma is estimated by power iteration on K^T K over a grid of ``input_size`` x ``input_size``
-pixels, warm-started from the persistent buffer ``u`` (1, C, input_size, input_size):
+sigma is estimated on K^T K over a grid of ``input_size`` x ``input_size`` pixels, warm-started
+from the persistent buffer ``u`` (1, C, input_size, input_size):
 
 * training: one power-iteration step per forward (no gradient) that updates ``u`` in place;
   the gradient reaches K through sigma = <K u, v> with u, v held constant. The very first
-  training forward (flag buffer ``u_is_warm``) runs the eval iteration instead: one step from a
-  random u underestimates sigma by ~30% (train-mode Lipschitz constant ~1.6, as in the
-  reference at the start of training), and the warm-up runs where the layer trains (on the
-  GPU), not at construction, and after any re-initialisation of the kernel;
-* eval: the power iteration runs to convergence from ``u`` (relative change of sigma below
-  ``eval_rtol``, at most ``EVAL_MAX_ITERATIONS`` steps) without writing to ``u``, so the cached
-  weight is a pure function of the state_dict. Like every power iteration it approaches sigma
-  from below; the tests compare it with the exact norm of the dense conv matrix.
+  training forward (flag buffer ``u_is_warm``) runs the eval estimate instead and stores its
+  vector in ``u``: one step from a random u underestimates sigma by ~30% (train-mode Lipschitz
+  constant ~1.6, as in the reference at the start of training), and the warm-up runs where the
+  layer trains (on the GPU), not at construction, and after any re-initialisation of the kernel;
+* eval: restarted Lanczos on K^T K in float64 (``numerics.largest_eigenpair``: cycles of
+  ``LANCZOS_STEPS`` steps with full reorthogonalisation, until the Ritz residual
+  ||K^T K y - theta y|| <= ``EVAL_RTOL`` theta, at most ``EVAL_MAX_STEPS`` matvecs), started
+  from ``u`` without writing to it, so the cached weight is a pure function of the state_dict;
+  sigma = sqrt(theta), and r = 2 / (theta + 1e-6) is rounded down when cast to the layer's
+  dtype. A change-based stop of the power iteration is not enough here: the top of a
+  convolution's spectrum is clustered (top two eigenvalues 1e-4 relative apart are common),
+  power iteration stalls below sigma, and r sigma^2 > 2 makes the layer expansive (seen:
+  sigma 1.79674 for 1.79741, r sigma^2 = 2.0015). Lanczos converges at a rate in
+  sqrt(gap). theta is a Rayleigh quotient, so it still approaches sigma^2 from below; the tests
+  compare it with the exact norm of the dense conv matrix.
 
 Other input sizes: the norm of a zero-padded convolution on a grid never exceeds its norm on a
 larger grid (the smaller map is a compression of the larger one), so inputs no larger than the
 buffer use the buffer's sigma. For an input larger than the buffer in either dimension, sigma is
-measured on the enclosing grid (max(H, input_size), max(W, input_size)) by a converged power
-iteration started from ``u`` zero-padded into it; ``u`` is then not updated (its shape is
-fixed), and training at that size pays the converged iteration on every step, so set
+measured on the enclosing grid (max(H, input_size), max(W, input_size)) by the eval
+estimate started from ``u`` zero-padded into it; ``u`` is then not updated (its shape is
+fixed), and training at that size pays the eval estimate on every step, so set
 ``input_size`` to the training resolution.
 """
 
@@ -37,28 +44,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsweep.layers.base import CachedParametrization, require_square
+from lipsweep.layers.numerics import largest_eigenpair
 from lipsweep.layers.sll import init_kernel_and_bias, residual_step
 
 EPS = 1e-6
-EVAL_MAX_ITERATIONS = 2000
-
-
-def eval_rtol(dtype: torch.dtype) -> float:
-    """Stopping threshold on the relative change of sigma: 1e-9 in float64, 1.2e-7 in float32.
-
-    The top of a zero-padded convolution's spectrum is nearly continuous, so the estimate's
-    error decays slowly (~1e-4 after 300 steps from a random start, 1e-8 after 1000 on a
-    32 x 32 grid): a loose threshold would stop far too early.
-    """
-    return max(1e-9, torch.finfo(dtype).eps)
+LANCZOS_STEPS = 200  # Krylov steps per Lanczos cycle (basis: 200 x C H W float64 values)
+EVAL_MAX_STEPS = 1000  # matvecs of K^T K at most, over all cycles
+EVAL_RTOL = 1e-10  # Ritz residual ||K^T K y - theta y|| / theta that ends the iteration
 
 
 def normalized(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm().clamp_min(1e-12)
 
 
+def round_down(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``value`` cast to ``dtype``, moved one ulp towards zero if the cast rounded it up."""
+    cast = value.to(dtype)
+    lower = torch.nextafter(cast, torch.zeros_like(cast))
+    return torch.where(cast.to(value.dtype) > value, lower, cast)
+
+
 class CPLConv2d(CachedParametrization):
-    """CPL residual convolution with zero padding k // 2 and a power-iteration step size."""
+    """CPL residual convolution with zero padding k // 2 and step size r = 2 / (sigma^2 + 1e-6)."""
 
     size_dependent = True
 
@@ -106,38 +113,57 @@ class CPLConv2d(CachedParametrization):
         return F.pad(self.u, (0, extra_w, 0, extra_h))
 
     @torch.no_grad()
+    def top_eigenpair(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(theta, y): the top Ritz pair of K^T K from start u (not modified), in float64.
+
+        theta = ||K y||^2 <= sigma^2 (a Rayleigh quotient), accurate to far below EVAL_RTOL
+        once the Ritz residual is below it (see ``numerics.largest_eigenpair``).
+        """
+        kernel, padding = self.kernel.detach().double(), self.kernel_size // 2
+
+        def gram(x: torch.Tensor) -> torch.Tensor:
+            return F.conv_transpose2d(F.conv2d(x, kernel, padding=padding), kernel, padding=padding)
+
+        theta, y, _, _ = largest_eigenpair(
+            gram, u.double(), LANCZOS_STEPS, EVAL_RTOL, EVAL_MAX_STEPS
+        )
+        return theta, y
+
+    @torch.no_grad()
     def converged_vectors(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Power iteration from u (not modified) until sigma = ||K u|| settles (``eval_rtol``)."""
-        rtol = eval_rtol(u.dtype)
-        previous = 0.0
-        for _ in range(EVAL_MAX_ITERATIONS):
-            u, v = self.power_step(u)
-            sigma = self.conv(u).norm().item()
-            if abs(sigma - previous) <= rtol * sigma:
-                break
-            previous = sigma
-        return u, v
+        """(u, v) = (y, K y / ||K y||) for the top Ritz vector y from u, in u's dtype."""
+        _, y = self.top_eigenpair(u)
+        u = y.to(u.dtype)
+        return u, normalized(self.conv(u))
 
     def spectral_norm(self, height: int | None = None, width: int | None = None) -> torch.Tensor:
-        """Eval-mode sigma of the conv for inputs of height x width (default: ``input_size``)."""
+        """Eval-mode sigma = sqrt(theta) for inputs of height x width (default: ``input_size``)."""
         u = self.start_vector(height or self.input_size, width or self.input_size)
-        u, v = self.converged_vectors(u)
+        theta, _ = self.top_eigenpair(u)
+        return theta.sqrt().to(self.kernel.dtype)
+
+    def eval_scale(self, height: int, width: int) -> torch.Tensor:
+        """r = 2 / (theta + 1e-6) in float64, cast to the kernel's dtype rounding down."""
+        theta, _ = self.top_eigenpair(self.start_vector(height, width))
+        return round_down(2 / (theta + EPS), self.kernel.dtype)
+
+    def training_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One power step from ``u`` (the eval estimate the first time), written to ``u``."""
         with torch.no_grad():
-            return (self.conv(u) * v).sum()
+            if self.is_warm():
+                u, v = self.power_step(self.u)
+            else:
+                u, v = self.converged_vectors(self.u)
+                self.u_is_warm.fill_(True)
+                self._warm = True
+            self.u.copy_(u)
+        return u, v
 
     def parametrize(self, training: bool, height: int, width: int) -> tuple[torch.Tensor, ...]:
+        if not training:
+            return self.kernel, self.eval_scale(height, width)
         u = self.start_vector(height, width)
-        if training and u is self.u:
-            with torch.no_grad():
-                if self.is_warm():
-                    u, v = self.power_step(u)
-                else:
-                    u, v = self.converged_vectors(u)
-                    self.u_is_warm.fill_(True)
-                    self._warm = True
-                self.u.copy_(u)
-        else:
-            u, v = self.converged_vectors(u)
+        u, v = self.training_vectors() if u is self.u else self.converged_vectors(u)
         sigma = (self.conv(u) * v).sum()  # gradient through K only; u, v are constants
         return self.kernel, 2 / (sigma**2 + EPS)
 

@@ -1,0 +1,189 @@
+"""Figures like the paper's 1-4, saved as PNG and SVG.
+
+Figures are built with ``matplotlib.figure.Figure`` (no pyplot, no global backend state), so
+they render off-screen anywhere. Sizes are fixed: a figure of r x c panels is
+``c * PANEL[0] * DPI`` by ``r * PANEL[1] * DPI`` pixels (radar panels: ``RADAR_PANEL``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from analysis.load import METHOD_NAMES, dataset_name, method_name, size_order
+
+DPI = 100
+PANEL = (4.0, 3.0)  # inches per line/scatter panel
+RADAR_PANEL = (3.0, 3.0)
+RADAR_COLUMNS = 4
+FORMATS = ("png", "svg")
+GIB = 2.0**30
+
+# (column, axis label, scale) per panel of the speed and memory figures (paper Figures 2-4).
+SPEED_FIGURES: dict[str, list[tuple[str, str, float]]] = {
+    "training_time": [("seconds_per_epoch", "training time per epoch (s)", 1.0)],
+    "inference_throughput": [("inference_throughput", "inference throughput (examples/s)", 1.0)],
+    "memory": [
+        ("train_peak_bytes", "training memory (GiB)", GIB),
+        ("inference_peak_bytes", "inference memory (GiB)", GIB),
+    ],
+}
+TRAIN_BATCH = ("train_batch_s", "training time per batch (s)", 1.0)
+
+
+def method_color(method: str) -> str:
+    """The same colour for a method in every figure (the paper's method order)."""
+    known = list(METHOD_NAMES)
+    index = known.index(method) if method in known else len(known) + sum(map(ord, method)) % 10
+    return f"C{index % 10}"
+
+
+def save(figure: Figure, stem: Path) -> list[Path]:
+    """Write ``stem``.png and ``stem``.svg; returns their paths."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(f".{fmt}") for fmt in FORMATS]
+    for path in paths:
+        figure.savefig(path, dpi=DPI, format=path.suffix[1:])
+    return paths
+
+
+def _figure(rows: int, columns: int, panel: tuple[float, float], **kwargs: object) -> Figure:
+    size = (columns * panel[0], rows * panel[1])
+    return Figure(figsize=size, dpi=DPI, layout="constrained", **kwargs)
+
+
+def _datasets(frame: pd.DataFrame) -> list[str | None]:
+    if "dataset" not in frame or frame["dataset"].isna().all():
+        return [None]
+    return sorted(frame["dataset"].dropna().unique())
+
+
+def _rows_of(frame: pd.DataFrame, dataset: str | None) -> pd.DataFrame:
+    return frame if dataset is None else frame[frame["dataset"] == dataset]
+
+
+def radar_figure(table: pd.DataFrame, out_dir: Path, name: str = "radar") -> list[Path]:
+    """One radar per method of a ``ratings.ratings`` table (criteria without any rating are
+    left out; a method's missing rating is drawn at 0)."""
+    table = table.dropna(axis=1, how="all")
+    if table.empty or table.shape[1] < 3:
+        return []
+    columns = min(RADAR_COLUMNS, len(table))
+    rows = math.ceil(len(table) / columns)
+    figure = _figure(rows, columns, RADAR_PANEL)
+    angles = np.linspace(0.0, 2 * np.pi, table.shape[1], endpoint=False)
+    for i, (method, values) in enumerate(table.fillna(0.0).iterrows()):
+        axes = figure.add_subplot(rows, columns, i + 1, projection="polar")
+        closed = np.append(values.to_numpy(float), values.iloc[0])
+        color = method_color(str(method))
+        axes.plot(np.append(angles, angles[0]), closed, color=color)
+        axes.fill(np.append(angles, angles[0]), closed, color=color, alpha=0.3)
+        axes.set_xticks(angles, [c.replace(" ", "\n") for c in table.columns], fontsize=6)
+        axes.set_ylim(0, 5)
+        axes.set_yticks([1, 2, 3, 4, 5], [], fontsize=5)
+        axes.set_title(method_name(str(method)), fontsize=9)
+    return save(figure, out_dir / name)
+
+
+def _line_panel(axes: Axes, rows: pd.DataFrame, column: str, scale: float) -> None:
+    sizes = size_order(rows["size"])
+    positions = {size: i for i, size in enumerate(sizes)}
+    for method, group in rows.groupby("method"):
+        values = group.groupby("size")[column].median() / scale
+        values = values[np.isfinite(values) & (values > 0)]
+        if values.empty:
+            continue
+        order = sorted(values.index, key=positions.__getitem__)
+        axes.plot(
+            [positions[s] for s in order],
+            values[order].to_numpy(),
+            marker="o",
+            color=method_color(str(method)),
+            label=method_name(str(method)),
+        )
+    axes.set_xticks(range(len(sizes)), sizes)
+    axes.set_yscale("log", base=2)
+    axes.grid(True, which="major", alpha=0.3)
+
+
+def _panels(
+    frame: pd.DataFrame, panels: Sequence[tuple[str, str, float]], stem: Path
+) -> list[Path]:
+    datasets = _datasets(frame)
+    figure = _figure(len(datasets), len(panels), PANEL)
+    grid = figure.subplots(len(datasets), len(panels), squeeze=False)
+    for r, dataset in enumerate(datasets):
+        for c, (column, label, scale) in enumerate(panels):
+            axes = grid[r][c]
+            _line_panel(axes, _rows_of(frame, dataset), column, scale)
+            axes.set_ylabel(label, fontsize=8)
+            if dataset is not None:
+                axes.set_title(dataset_name(dataset), fontsize=9)
+    grid[0][-1].legend(fontsize=7)
+    return save(figure, stem)
+
+
+def speed_memory_figures(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Figures 2-4: training time per epoch, inference throughput and training / inference
+    memory per method (lines) and size (x axis), on log scales.
+
+    ``frame`` has columns method, size and any of seconds_per_epoch (or train_batch_s),
+    inference_throughput, train_peak_bytes, inference_peak_bytes; an optional dataset column
+    gives one row of panels per dataset. Several rows per (method, size) are reduced to their
+    median. A figure is skipped when none of its columns has data; returns the files written.
+    """
+    written: list[Path] = []
+    for name, panels in SPEED_FIGURES.items():
+        if name == "training_time" and not _has_data(frame, "seconds_per_epoch"):
+            panels = [TRAIN_BATCH]
+        panels = [p for p in panels if _has_data(frame, p[0])]
+        if panels:
+            written += _panels(frame, panels, out_dir / name)
+    return written
+
+
+def _has_data(frame: pd.DataFrame, column: str) -> bool:
+    return column in frame and bool(pd.to_numeric(frame[column], errors="coerce").gt(0).any())
+
+
+def cra_gpu_hours_figure(
+    frame: pd.DataFrame, out_dir: Path, metric: str = "cra_36", name: str = "cra_gpu_hours"
+) -> list[Path]:
+    """Certified accuracy (percent) against GPU-hours spent per model, one panel per dataset.
+
+    ``frame`` has columns method, size, ``metric``, gpu_hours_spent (or gpu_hours) and
+    optionally dataset; every model is a point labelled with its size."""
+    hours = "gpu_hours_spent" if "gpu_hours_spent" in frame else "gpu_hours"
+    if hours not in frame or metric not in frame:
+        return []
+    points = frame[frame[hours].gt(0) & frame[metric].notna()]
+    if points.empty:
+        return []
+    datasets = _datasets(points)
+    figure = _figure(1, len(datasets), PANEL)
+    grid = figure.subplots(1, len(datasets), squeeze=False)[0]
+    methods = sorted(points["method"].unique())
+    for axes, dataset in zip(grid, datasets, strict=True):
+        rows = _rows_of(points, dataset)
+        for method in methods:
+            group = rows[rows["method"] == method]
+            x, y = group[hours].to_numpy(float), 100.0 * group[metric].to_numpy(float)
+            axes.scatter(x, y, color=method_color(method), label=method_name(method), s=18)
+            for xi, yi, size in zip(x, y, group["size"], strict=True):
+                axes.annotate(
+                    str(size), (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points"
+                )
+        axes.set_xscale("log")
+        axes.set_xlabel("GPU-hours spent", fontsize=8)
+        axes.set_ylabel(f"{metric} (%)", fontsize=8)
+        axes.grid(True, alpha=0.3)
+        if dataset is not None:
+            axes.set_title(dataset_name(dataset), fontsize=9)
+    grid[-1].legend(fontsize=7)
+    return save(figure, out_dir / name)

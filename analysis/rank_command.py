@@ -1,0 +1,99 @@
+"""``lipsweep rank``: print the method ranking and Table 2 of a sweep (or of the paper) and
+write the figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+
+from analysis.figures import cra_gpu_hours_figure, radar_figure, speed_memory_figures
+from analysis.load import MODEL_KEYS, gpu_hours_spent, load_attempts, load_trials, model_results
+from analysis.paper import paper_results, with_paper_speed
+from analysis.ranking import metric_for_radius, rank_methods, rank_models
+from analysis.ratings import ratings
+from analysis.tables import delta_table, rich_ranking, rich_table2, rich_top_models, table2
+
+
+def sweep_models(dirs: Sequence[Path], metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(final-stage model rows, all attempts) of the sweep folders."""
+    attempts = load_attempts(dirs)
+    models = model_results(load_trials(dirs, stage="final"), metric)
+    if not models.empty:
+        models = models.merge(gpu_hours_spent(attempts), on=MODEL_KEYS, how="left")
+    return models, attempts
+
+
+def print_ranking(
+    models: pd.DataFrame, top: Sequence[int], metric: str, source: str, console: Console
+) -> None:
+    """The method ranking per budget, then each group's best models."""
+    ranking = rank_methods(models, top, metric)
+    for budget, rows in ranking.groupby("budget", sort=False):
+        console.print(rich_ranking(rows, f"{source}: ranking by {metric}, budget {budget}"))
+    ranked = rank_models(models, metric)
+    for (dataset, budget), rows in ranked.groupby(["dataset", "budget"]):
+        title = f"{source}: best models, {dataset}, {budget}"
+        console.print(rich_top_models(rows, metric, max(top), title))
+
+
+def print_tables(table: pd.DataFrame, title: str, console: Console, signed: bool = False) -> None:
+    for dataset in table.index.get_level_values("dataset").unique():
+        console.print(rich_table2(table, dataset, title, signed=signed))
+
+
+def write_figures(models: pd.DataFrame, metric: str, out: Path) -> list[Path]:
+    """Radar, speed / memory and CRA-vs-GPU-hours figures of model rows into ``out``."""
+    written = radar_figure(ratings(models, metric), out)
+    written += speed_memory_figures(models, out)
+    written += cra_gpu_hours_figure(models, out, metric)
+    return written
+
+
+def _table_metrics(metric: str) -> tuple[str, ...]:
+    return ("accuracy",) if metric == "accuracy" else ("accuracy", metric)
+
+
+def run_rank(
+    dirs: list[Path],
+    top: list[int],
+    radius: int,
+    budget: str | None,
+    paper: bool,
+    out: Path | None,
+    console: Console,
+) -> int:
+    """Rank the sweep(s) in ``dirs`` (or, with ``paper``, the paper's Tables 9-11), print the
+    ranking and Table 2 per budget, the difference to the paper, and write the figures to
+    ``out`` (default: <first dir>/analysis; none for the paper alone). Returns an exit code."""
+    metric = metric_for_radius(radius)
+    if paper:
+        models, source = with_paper_speed(paper_results()), "paper"
+        if metric not in models:
+            console.print(f"[red]the paper's tables give only accuracy and cra_36, not {metric}")
+            return 2
+    else:
+        models, _ = sweep_models(dirs, metric)
+        source = ", ".join(d.name or str(d) for d in dirs)
+    if budget is not None:
+        models = models[models["budget"] == budget]
+    if models.empty or metric not in models or models[metric].notna().sum() == 0:
+        console.print(f"[red]no completed final-stage results with {metric} in {source}")
+        return 1
+    print_ranking(models, top, metric, source, console)
+    reference = paper_results()
+    for label in sorted(models["budget"].unique()):
+        ours = table2(models, label, _table_metrics(metric))
+        print_tables(ours, f"{source}, {label}", console)
+        if not paper:
+            theirs = table2(reference, label, _table_metrics(metric))
+            delta = delta_table(ours, theirs) if not theirs.empty else pd.DataFrame()
+            if not delta.empty:
+                print_tables(delta, f"sweep - paper, {label}", console, signed=True)
+    out = out if out is not None else (dirs[0] / "analysis" if dirs and not paper else None)
+    if out is not None:
+        written = write_figures(models, metric, out)
+        console.print(f"wrote {len(written)} figure files to {out}")
+    return 0

@@ -1,0 +1,447 @@
+"""Running a sweep: Optuna asks, Ray Tune executes, the Parquet dataset remembers.
+
+``run_sweep`` is idempotent: it derives what is left from the Optuna journal (which trials
+exist, with which hyperparameters) and the Parquet dataset (which attempts finished), and runs
+only that. Each attempt checkpoints into ``attempts/<attempt_id>/``, so an attempt interrupted by
+a killed driver resumes where its last checkpoint left it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from rich.console import Console
+
+from lipsweep.ledger import Ledger
+from lipsweep.results import partition_dir, read_attempts, write_attempt
+from lipsweep.sweep import (
+    SEARCH_SPACE,
+    CellPlan,
+    PlannedTrial,
+    SweepConfig,
+    cell_name,
+    planned_trials,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# ----------------------------------------------------------------------------- Optuna side
+
+
+def open_study(config: SweepConfig, folder: Path, cell: str) -> optuna.Study:
+    """The cell's durable study in ``optuna.journal``; the sampler is seeded per cell."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
+    seed = random.Random(f"{config.seed}/{cell}").randrange(2**31)
+    if config.sampler == "tpe":  # arguments explicit: Optuna 5 changed the TPE defaults
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
+            seed=seed, multivariate=False, constant_liar=True, n_startup_trials=10
+        )
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    return optuna.create_study(
+        study_name=f"{config.sweep_id}/{cell}",
+        storage=storage,
+        sampler=sampler,
+        direction="maximize",
+        load_if_exists=True,
+    )
+
+
+def distributions() -> dict[str, optuna.distributions.BaseDistribution]:
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    return {
+        "lr": FloatDistribution(*SEARCH_SPACE["lr"], log=True),
+        "weight_decay": FloatDistribution(*SEARCH_SPACE["weight_decay"], log=True),
+        "seed": IntDistribution(0, 999),
+    }
+
+
+def ask_trials(study: optuna.Study, wanted: int) -> list[optuna.trial.FrozenTrial]:
+    """Make sure the study holds ``wanted`` trials (asking new ones); return them by number."""
+    while len(study.trials) < wanted:
+        study.ask(distributions())
+    return sorted(study.trials, key=lambda t: t.number)[:wanted]
+
+
+def tell_results(study: optuna.Study, attempts: pd.DataFrame, stage_rows: list[dict]) -> None:
+    """Report each finished search trial's validation CRA (or failure) to its study."""
+    for row in stage_rows:
+        done = attempts[(attempts["trial_id"] == row["trial_id"])] if not attempts.empty else None
+        if done is None or done.empty:
+            continue
+        last = done.sort_values("attempt").iloc[-1]
+        trial = study.trials[row["number"]]
+        if trial.state != optuna.trial.TrialState.RUNNING:
+            continue
+        if last["status"] == "completed":
+            study.tell(row["number"], float(last["cra_36"]))
+        else:
+            study.tell(row["number"], state=optuna.trial.TrialState.FAIL)
+
+
+# ----------------------------------------------------------------------------- the trainable
+
+
+def finished_status(folder: Path, row: dict, attempt_id: str) -> str | None:
+    """Status of an attempt already in the Parquet dataset, or None."""
+    path = partition_dir(folder, "attempts", row) / f"{attempt_id}.parquet"
+    if not path.exists():
+        return None
+    return str(pd.read_parquet(path, columns=["status"])["status"].iloc[0])
+
+
+def retry_seed(seed: int, attempt: int) -> int:
+    """A new seed for a retried attempt, derived so a re-launch picks the same one."""
+    return seed if attempt == 0 else random.Random(f"{seed}/{attempt}").randrange(1000)
+
+
+def run_trial(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Ray Tune trainable: run a trial's attempts (retrying NaN with a new seed), write each
+    attempt to the Parquet dataset, return the last one's metrics."""
+    import torch
+
+    from lipsweep.trial import TrialSpec, run_attempt
+
+    trial = parameters["trial"]
+    torch.set_num_threads(trial["cpus"])
+    folder = Path(trial["folder"])
+    ledger = Ledger(folder, trial["max_gpu_hours"])
+    status, metrics = "failed", {}
+    for attempt in range(trial["max_retries"] + 1):
+        attempt_id = f"{trial['trial_id']}-a{attempt}"
+        status = finished_status(folder, trial, attempt_id) or ""
+        if status == "nan":
+            continue
+        if status:
+            break
+        spec = TrialSpec(**{**trial["spec"], "seed": retry_seed(trial["spec"]["seed"], attempt)})
+        with ledger.reserve(attempt_id, trial["estimated_hours"]) as allowed:
+            if not allowed:
+                return {"status": "skipped_cap", "cra_36": float("nan")}
+            outcome = run_attempt(spec, folder / "attempts" / attempt_id)
+            row = attempt_row(trial, spec, outcome, attempt)
+            write_attempt(folder, row, outcome.history)
+        status, metrics = outcome.status, outcome.metrics
+        if status != "nan":
+            break
+    return {"status": status, "cra_36": metrics.get("cra_36", float("nan"))}
+
+
+def attempt_row(trial: dict[str, Any], spec: Any, outcome: Any, attempt: int) -> dict[str, Any]:
+    """One Parquet row (lipsweep.results.ATTEMPT_SCHEMA) for a finished attempt."""
+    import torch
+
+    from lipsweep.measure import device_name
+
+    train_s = outcome.train_seconds
+    gpus = float(trial["gpus"])
+    return {
+        "sweep": trial["sweep"],
+        "dataset": spec.dataset,
+        "method": spec.method,
+        "attempt_id": f"{trial['trial_id']}-a{attempt}",
+        "trial_id": trial["trial_id"],
+        "stage": trial["stage"],
+        "size": spec.size,
+        "budget": trial["budget"],
+        "budget_s": trial["budget_s"],
+        "trial_index": trial["index"],
+        "attempt": attempt,
+        "epochs_planned": spec.epochs,
+        "epochs_done": outcome.epochs_done,
+        "resumed_from_epoch": outcome.resumed_from_epoch,
+        "lr": spec.lr,
+        "weight_decay": spec.weight_decay,
+        "seed": spec.seed,
+        "batch_size": spec.batch_size,
+        "status": outcome.status,
+        "error": outcome.error,
+        "eval_split": "val" if spec.stage == "search" else "test",
+        **{
+            k: outcome.metrics.get(k)
+            for k in ("accuracy", "cra_36", "cra_72", "cra_108", "cra_255", "median_margin")
+        },
+        "seconds_per_epoch": outcome.seconds_per_epoch if outcome.history else None,
+        "calibration": trial["calibration"],
+        "train_throughput": (
+            trial["train_examples"] * outcome.epochs_done / train_s if train_s > 0 else None
+        ),
+        "device_seconds": outcome.device_seconds,
+        "gpus": gpus,
+        "gpu_hours": outcome.device_seconds * max(gpus, 1.0) / 3600,
+        "device": device_name(torch.device(spec.device)),
+        "versions": trial["versions"],
+        "git_commit": trial["git_commit"],
+        "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+        "started_at": pd.Timestamp(outcome.started_at),
+        "ended_at": pd.Timestamp(outcome.ended_at),
+    }
+
+
+# ----------------------------------------------------------------------------- Tune side
+
+
+def execute(trials: list[dict[str, Any]], config: SweepConfig, folder: Path, stage: str) -> int:
+    """Run ``trials`` (trainable parameter dicts) with Ray Tune, as many at once as fit;
+    return how many the GPU-hour cap kept from starting."""
+    if not trials:
+        return 0
+    from ray import tune
+
+    resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, resources),
+        param_space={"trial": tune.grid_search(trials)},
+        tune_config=tune.TuneConfig(num_samples=1),
+        run_config=tune.RunConfig(
+            name=f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str((folder / "tune").resolve()),
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=0,
+        ),
+    )
+    results = tuner.fit()
+    skipped = sum(1 for r in results if (r.metrics or {}).get("status") == "skipped_cap")
+    return skipped
+
+
+@dataclass
+class SweepContext:
+    """What every trial of this launch shares."""
+
+    config: SweepConfig
+    folder: Path
+    plans: dict[str, CellPlan]
+    train_examples: dict[tuple[str, str], int]  # (dataset, stage) -> examples per epoch
+    versions: str
+    git_commit: str
+
+    def trial_parameters(self, planned: PlannedTrial, lr: float, wd: float, seed: int) -> dict:
+        config = self.config
+        device = "cuda" if config.gpus_per_trial > 0 else "cpu"
+        return {
+            "trial_id": planned.trial_id,
+            "stage": planned.stage,
+            "index": planned.index,
+            "sweep": config.sweep_id,
+            "dataset": planned.dataset,
+            "method": planned.method,
+            "budget": planned.budget,
+            "budget_s": float(_seconds(planned.budget)),
+            "folder": str(self.folder.resolve()),
+            "cpus": config.cpus_per_trial,
+            "gpus": config.gpus_per_trial,
+            "max_retries": config.max_retries,
+            "max_gpu_hours": config.max_gpu_hours,
+            "calibration": config.calibration,
+            "estimated_hours": planned.device_hours(config.gpus_per_trial),
+            "train_examples": self.train_examples[(planned.dataset, planned.stage)],
+            "versions": self.versions,
+            "git_commit": self.git_commit,
+            "spec": {
+                "dataset": planned.dataset,
+                "size": planned.size,
+                "method": planned.method,
+                "epochs": planned.epochs,
+                "lr": lr,
+                "weight_decay": wd,
+                "seed": seed,
+                "stage": planned.stage,
+                "batch_size": config.batch_size,
+                "eval_every": config.eval_every,
+                "data_dir": config.data_dir,
+                "device": device,
+                "max_examples": config.max_examples,
+                "checkpoint_every_epochs": config.checkpoint_every_epochs,
+            },
+        }
+
+
+def _seconds(budget: str) -> float:
+    from lipsweep.budget import parse_budget
+
+    return parse_budget(budget)
+
+
+def software_versions() -> str:
+    names = ("torch", "ray", "optuna", "pyarrow", "lipsweep")
+    found = [f"{n}={metadata.version(n)}" for n in names if _installed(n)]
+    return " ".join([f"python={platform.python_version()}", *found])
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def git_commit() -> str:
+    answer = subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parent,
+    )
+    return answer.stdout.strip() if answer.returncode == 0 else ""
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+
+def select_best(attempts: pd.DataFrame, dataset: str, size: str, method: str) -> pd.Series | None:
+    """The completed search attempt with the best final-epoch validation CRA at 36/255 (ties:
+    the lower trial index), or None if no search trial of the cell completed."""
+    if attempts.empty:
+        return None
+    rows = attempts[
+        (attempts["stage"] == "search")
+        & (attempts["dataset"] == dataset)
+        & (attempts["size"] == size)
+        & (attempts["method"] == method)
+        & (attempts["status"] == "completed")
+        & (attempts["epochs_done"] == attempts["epochs_planned"])
+    ]
+    if rows.empty:
+        return None
+    return rows.sort_values(["cra_36", "trial_index"], ascending=[False, True]).iloc[0]
+
+
+def final_seed(config: SweepConfig, planned: PlannedTrial) -> int:
+    return random.Random(f"{config.seed}/{planned.trial_id}").randrange(1000)
+
+
+def examples_per_epoch(config: SweepConfig, dataset: str, stage: str) -> int:
+    from lipsweep.data import load_split
+
+    data_dir = Path(config.data_dir) if config.data_dir else None
+    count = len(load_split(dataset, "train", data_dir))
+    if stage == "search":
+        count -= max(1, round(0.1 * count))
+    return min(count, config.max_examples) if config.max_examples else count
+
+
+def run_sweep(config: SweepConfig, folder: Path, plans: list[CellPlan], console: Console) -> None:
+    """Run (or finish) the sweep in ``folder``; Ray must already be initialised."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Ledger(folder, config.max_gpu_hours).clear_stale()
+    context = SweepContext(
+        config,
+        folder,
+        {cell_name(p.dataset, p.size, p.method): p for p in plans},
+        {
+            (d, stage): examples_per_epoch(config, d, stage)
+            for d in config.datasets
+            for stage in ("search", "final")
+        },
+        software_versions(),
+        git_commit(),
+    )
+    planned = planned_trials(config, plans)
+    run_search(context, [t for t in planned if t.stage == "search"], console)
+    run_finals(context, [t for t in planned if t.stage == "final"], console)
+
+
+def run_search(context: SweepContext, planned: list[PlannedTrial], console: Console) -> None:
+    config, folder = context.config, context.folder
+    studies, pending, rows_by_cell = {}, [], {}
+    for dataset, size, method in config.cells():
+        cell = cell_name(dataset, size, method)
+        studies[cell] = open_study(config, folder, cell)
+        asked = ask_trials(studies[cell], config.trials)
+        cell_trials = [
+            t for t in planned if (t.dataset, t.size, t.method) == (dataset, size, method)
+        ]
+        rows_by_cell[cell] = []
+        for trial, plan in zip(asked, cell_trials, strict=True):
+            parameters = context.trial_parameters(
+                plan, trial.params["lr"], trial.params["weight_decay"], trial.params["seed"]
+            )
+            parameters["number"] = trial.number
+            rows_by_cell[cell].append(parameters)
+            pending.append(parameters)
+    console.print(f"search: {len(pending)} trials over {len(studies)} cells")
+    report_cap(execute(pending, config, folder, "search"), config, console)
+    attempts = read_attempts(folder)
+    for cell, study in studies.items():
+        tell_results(study, attempts, rows_by_cell[cell])
+
+
+def run_finals(context: SweepContext, planned: list[PlannedTrial], console: Console) -> None:
+    config = context.config
+    attempts = read_attempts(context.folder)
+    pending = []
+    for trial in planned:
+        best = select_best(attempts, trial.dataset, trial.size, trial.method)
+        if best is None:
+            console.print(
+                f"[yellow]{trial.dataset}-{trial.size}-{trial.method}: no completed "
+                "search trial, no final run[/]"
+            )
+            continue
+        lr, wd = float(best["lr"]), float(best["weight_decay"])
+        pending.append(context.trial_parameters(trial, lr, wd, final_seed(config, trial)))
+    console.print(f"final: {len(pending)} runs")
+    report_cap(execute(pending, config, context.folder, "final"), config, console)
+
+
+def report_cap(skipped: int, config: SweepConfig, console: Console) -> None:
+    if skipped:
+        console.print(
+            f"[yellow]{skipped} trials not started: they would pass --max-gpu-hours "
+            f"{config.max_gpu_hours:g}[/]"
+        )
+
+
+def load_model(folder: Path, dataset: str, size: str, method: str, budget: str | None = None):
+    """The trained final-run model of a cell (the largest budget unless ``budget`` is given),
+    in eval mode and ready to certify: rebuilt from its config, weights from its checkpoint."""
+    import torch
+
+    from lipsweep.model import build_model
+    from lipsweep.trial import CHECKPOINT
+
+    attempts = read_attempts(folder)
+    finals = (
+        attempts[
+            (attempts["stage"] == "final")
+            & (attempts["status"] == "completed")
+            & (attempts["dataset"] == dataset)
+            & (attempts["size"] == size)
+            & (attempts["method"] == method)
+        ]
+        if not attempts.empty
+        else attempts
+    )
+    if budget is not None and not finals.empty:
+        finals = finals[finals["budget"] == budget]
+    if finals.empty:
+        raise FileNotFoundError(
+            f"no completed final run of {method}-{size} on {dataset} in {folder}"
+        )
+    best = finals.sort_values("budget_s").iloc[-1]
+    state = torch.load(
+        folder / "attempts" / best["attempt_id"] / CHECKPOINT, map_location="cpu", weights_only=True
+    )
+    model = build_model(method, size, dataset)
+    model.load_state_dict(state["model"])
+    return model.eval()

@@ -1,0 +1,92 @@
+"""The Parquet results dataset: atomic files, hive partitions, readers in three tools."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+
+from lipsweep.results import read_attempts, read_history, write_attempt
+
+
+def attempt_row(attempt_id: str, method: str = "aol", cra: float = 0.5, **extra: object) -> dict:
+    return {
+        "sweep": "s1",
+        "dataset": "cifar10",
+        "method": method,
+        "attempt_id": attempt_id,
+        "trial_id": attempt_id.rsplit("-a", 1)[0],
+        "stage": "search",
+        "size": "XS",
+        "budget": "2h",
+        "budget_s": 7200.0,
+        "trial_index": 0,
+        "attempt": 0,
+        "epochs_planned": 3,
+        "epochs_done": 3,
+        "lr": 0.01,
+        "weight_decay": 1e-5,
+        "seed": 1,
+        "status": "completed",
+        "error": "",
+        "accuracy": 0.7,
+        "cra_36": cra,
+        "device_seconds": 12.0,
+        "gpus": 0.0,
+        "gpu_hours": 12.0 / 3600,
+        "started_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "ended_at": datetime.now(UTC),
+        **extra,
+    }
+
+
+HISTORY = [
+    {"epoch": e, "train_loss": 1.0 / e, "train_accuracy": 0.5, "cra_36": None} for e in (1, 2, 3)
+]
+
+
+def test_write_then_read_with_pandas_pyarrow_and_duckdb(tmp_path: Path) -> None:
+    write_attempt(tmp_path, attempt_row("search-cifar10-XS-aol-2h-t0-a0"), HISTORY)
+    write_attempt(tmp_path, attempt_row("search-cifar10-XS-soc-2h-t0-a0", method="soc"), HISTORY)
+    frame = read_attempts(tmp_path)
+    assert sorted(frame["method"]) == ["aol", "soc"]
+    assert set(frame["sweep"]) == {"s1"} and set(frame["dataset"]) == {"cifar10"}
+    history = read_history(tmp_path)
+    assert len(history) == 6 and set(history["epoch"]) == {1, 2, 3}
+
+    folder = tmp_path / "results" / "attempts"
+    assert len(pd.read_parquet(folder)) == 2
+    assert ds.dataset(folder, partitioning="hive").count_rows() == 2
+    duckdb = pytest.importorskip("duckdb")
+    glob = f"{folder}/**/*.parquet"
+    count = duckdb.sql(f"select count(*) from read_parquet('{glob}', hive_partitioning=true)")
+    assert count.fetchall()[0][0] == 2
+
+
+def test_rewritten_attempt_appears_once_with_the_newest_values(tmp_path: Path) -> None:
+    write_attempt(tmp_path, attempt_row("t-a0", cra=0.1, status="preempted"), HISTORY[:1])
+    write_attempt(tmp_path, attempt_row("t-a0", cra=0.6), HISTORY)
+    frame = read_attempts(tmp_path)
+    assert (
+        len(frame) == 1 and frame.loc[0, "cra_36"] == 0.6 and frame.loc[0, "status"] == "completed"
+    )
+    assert len(read_history(tmp_path)) == 3
+
+
+def test_no_temporary_file_is_left_or_visible(tmp_path: Path) -> None:
+    write_attempt(tmp_path, attempt_row("t-a0"), HISTORY)
+    names = [p.name for p in (tmp_path / "results").rglob("*") if p.is_file()]
+    assert all(name.endswith(".parquet") and not name.startswith(".") for name in names)
+
+
+def test_unknown_column_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown result columns: bogus"):
+        write_attempt(tmp_path, attempt_row("t-a0", bogus=1), HISTORY)
+    assert read_attempts(tmp_path).empty
+
+
+def test_reading_an_empty_folder_gives_an_empty_frame(tmp_path: Path) -> None:
+    assert read_attempts(tmp_path).empty and read_history(tmp_path).empty
