@@ -483,3 +483,31 @@ def rank(
         check_budget(budget)
         label = budget_label(budget)
     raise typer.Exit(run_rank(folders, ks, radius, label, paper, out, console))
+
+
+@app.command()
+def status(
+    out: Annotated[Path, typer.Argument(help="The sweep's folder.")],
+    watch: Annotated[
+        float, typer.Option(help="Refresh every N seconds until Ctrl-C (0: once).")
+    ] = 0.0,
+) -> None:
+    """Show each cell's search trials, best validation CRA, final runs and GPU-hours."""
+    import time
+
+    from rich.live import Live
+
+    from lipsweep.status_command import status_table
+
+    if not (out / "sweep.json").exists():
+        raise fail(f"{out} holds no sweep (no sweep.json): give the --out of a launch")
+    if watch <= 0:
+        console.print(status_table(out))
+        return
+    with Live(status_table(out), console=console, refresh_per_second=1) as live:
+        try:
+            while True:
+                time.sleep(watch)
+                live.update(status_table(out))
+        except KeyboardInterrupt:
+            pass

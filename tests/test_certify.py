@@ -24,6 +24,7 @@ from lipsweep.certify import (
     logit_gaps,
     margins,
     pgd_l2_attack,
+    power_iteration,
     radius_key,
     residual_bound,
     variance_increases,
@@ -179,14 +180,49 @@ def test_upper_bound_of_a_standard_model_exceeds_its_jacobian_norm() -> None:
     assert bound > 1.5
 
 
+def centre_tap_norms(model: nn.Module) -> dict[str, float]:
+    """Exact norms of ``orthogonal_standard_model``'s convs: sigma_max of the centre taps, which
+    exceed 1 by ~1e-7 (float32 QR), as the accurate bound does see."""
+    norms = {}
+    for name, layer in lipschitz_layers(model):
+        k = layer.weight.shape[-1] // 2
+        norms[name] = torch.linalg.matrix_norm(layer.weight[:, :, k, k].detach(), ord=2).item()
+    return norms
+
+
 def test_upper_bound_of_orthogonal_and_scaled_standard_models() -> None:
-    assert lipschitz_upper_bound(orthogonal_standard_model(), TINY_SHAPE) == pytest.approx(1.0)
     model = orthogonal_standard_model()
+    exact = math.prod(centre_tap_norms(model).values())
+    assert exact == pytest.approx(1.0, abs=1e-5)
+    assert lipschitz_upper_bound(model, TINY_SHAPE) == pytest.approx(exact, rel=1e-12)
     with torch.no_grad():
         model.block1.conv2.weight.mul_(3)
+    norms = centre_tap_norms(model)
     bounds = {b.name: b.bound for b in layer_bounds(model, TINY_SHAPE)}
-    assert bounds["block1.conv2"] == pytest.approx(3.0)
-    assert lipschitz_upper_bound(model, TINY_SHAPE) == pytest.approx(3.0)
+    assert bounds["block1.conv2"] == pytest.approx(norms["block1.conv2"], rel=1e-12)
+    assert norms["block1.conv2"] == pytest.approx(3.0, rel=1e-6)
+    assert lipschitz_upper_bound(model, TINY_SHAPE) == pytest.approx(math.prod(norms.values()))
+
+
+def clustered_map(n: int = 200, gap: float = 1e-4) -> torch.Tensor:
+    """A dense n x n map with singular values^2 1, 1 - gap and n - 2 more in [0, 0.9]."""
+    generator = torch.Generator().manual_seed(0)
+    top = torch.tensor([1.0, 1.0 - gap], dtype=torch.float64)
+    squares = torch.cat([top, torch.linspace(0, 0.9, n - 2, dtype=torch.float64)])
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
+    return squares.sqrt()[:, None] * q.T
+
+
+def test_power_iteration_bound_is_exact_on_a_clustered_spectrum() -> None:
+    """Top two singular values 5e-5 relative apart: the Lanczos-based estimate is sigma_max to
+    1e-10 within 150 matvecs of A^T A and says it has converged."""
+    matrix = clustered_map()
+    exact = torch.linalg.matrix_norm(matrix, ord=2).item()
+    like = torch.zeros(200, dtype=torch.float64)
+    sigma, matvecs, converged = power_iteration(lambda v: matrix @ v, (200,), like, 150, 1e-9)
+    assert converged and matvecs <= 150
+    assert sigma == pytest.approx(exact, rel=1e-10)
+    assert sigma <= exact * (1 + 1e-12)
 
 
 def test_unknown_stage_is_an_error() -> None:

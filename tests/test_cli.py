@@ -19,10 +19,17 @@ def lipsweep_command() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "lipsweep"]
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
-        [*lipsweep_command(), *args], capture_output=True, text=True, timeout=120, env=full_env
+        [*lipsweep_command(), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=full_env,
+        cwd=cwd,
     )
 
 
@@ -79,12 +86,20 @@ def test_doctor_survives_missing_data_and_slurm(tmp_path: Path) -> None:
         (["train", "--method", "aol", "--epochs", "0"], "--epochs must be at least 1"),
         (["calibrate", "--methods", "aol,nope"], "unknown method 'nope'"),
         (["data", "download", "mnist"], "mnist"),
+        (["status", "."], "holds no sweep"),
+        (["resume", "."], "holds no sweep"),
+        (["launch", "--methods", "aol,nope"], "unknown method 'nope'"),
+        (["launch", "--budget", "24x"], "cannot read budget '24x'"),
+        (["launch", "--max-gpu-hours", "-1"], "--max-gpu-hours must be positive"),
+        (["launch", "--backend", "ray"], "--backend ray needs --address"),
+        (["rank"], "give a sweep folder"),
+        (["rank", "--paper", "--top", "a,b"], "--top must be comma-separated integers"),
     ],
 )
 def test_bad_input_is_a_one_line_error_with_exit_code_2(
     args: list[str], message: str, tmp_path: Path
 ) -> None:
-    result = run(*args, env={"LIPSWEEP_DATA": str(tmp_path)})
+    result = run(*args, env={"LIPSWEEP_DATA": str(tmp_path)}, cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

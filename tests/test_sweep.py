@@ -20,6 +20,7 @@ from rich.console import Console
 from lipsweep.engine import load_model, retry_seed, run_trial
 from lipsweep.launch_command import launch
 from lipsweep.results import read_attempts, read_history
+from lipsweep.status_command import status_table
 from lipsweep.sweep import SEARCH_SPACE, SweepConfig, plan_cell
 
 CONFIG = SweepConfig(
@@ -56,7 +57,9 @@ def test_sweep_runs_search_select_final_into_parquet(tmp_path: Path, ray_session
     assert (attempts["epochs_done"] == 2).all() and (attempts["gpu_hours"] > 0).all()
     assert (attempts["cra_36"] <= attempts["accuracy"]).all()
     for method in ("aol", "sll"):
-        best = search[search["method"] == method].sort_values("cra_36").iloc[-1]
+        mine = search[search["method"] == method]
+        # Best validation CRA; ties go to the lower trial index.
+        best = mine.sort_values(["cra_36", "trial_index"], ascending=[False, True]).iloc[0]
         final = finals[finals["method"] == method].iloc[0]
         assert (final["lr"], final["weight_decay"]) == (best["lr"], best["weight_decay"])
     assert len(read_history(tmp_path)) == 2 * len(attempts)
@@ -69,6 +72,12 @@ def test_sweep_runs_search_select_final_into_parquet(tmp_path: Path, ray_session
     # The final model is kept and reloads, ready to certify.
     model = load_model(tmp_path, "digits", "XS", "aol")
     assert not model.training
+    # Status reads the folder alone and shows every cell done.
+    recorder = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
+    recorder.print(status_table(tmp_path))
+    text = recorder.export_text()
+    assert "digits-XS-aol" in text and "digits-XS-sll" in text
+    assert text.count("2/2") == 2 and text.count("1/1") == 2 and "6 attempts finished" in text
     # Launching again finds everything done and runs nothing.
     launch(CONFIG, tmp_path, None, QUIET)
     again = read_attempts(tmp_path)

@@ -15,7 +15,7 @@ from the persistent buffer ``u`` (1, C, input_size, input_size):
   constant ~1.6, as in the reference at the start of training), and the warm-up runs where the
   layer trains (on the GPU), not at construction, and after any re-initialisation of the kernel;
 * eval: restarted Lanczos on K^T K in float64 (``numerics.largest_eigenpair``: cycles of
-  ``LANCZOS_STEPS`` steps with full reorthogonalisation, until the Ritz residual
+  ``LANCZOS_CYCLE`` steps with full reorthogonalisation, until the Ritz residual
   ||K^T K y - theta y|| <= ``EVAL_RTOL`` theta, at most ``EVAL_MAX_STEPS`` matvecs), started
   from ``u`` without writing to it, so the cached weight is a pure function of the state_dict;
   sigma = sqrt(theta), and r = 2 / (theta + 1e-6) is rounded down when cast to the layer's
@@ -44,11 +44,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsweep.layers.base import CachedParametrization, require_square
-from lipsweep.layers.numerics import largest_eigenpair
+from lipsweep.layers.numerics import LANCZOS_CYCLE, largest_eigenpair
 from lipsweep.layers.sll import init_kernel_and_bias, residual_step
 
 EPS = 1e-6
-LANCZOS_STEPS = 200  # Krylov steps per Lanczos cycle (basis: 200 x C H W float64 values)
 EVAL_MAX_STEPS = 1000  # matvecs of K^T K at most, over all cycles
 EVAL_RTOL = 1e-10  # Ritz residual ||K^T K y - theta y|| / theta that ends the iteration
 
@@ -125,7 +124,7 @@ class CPLConv2d(CachedParametrization):
             return F.conv_transpose2d(F.conv2d(x, kernel, padding=padding), kernel, padding=padding)
 
         theta, y, _, _ = largest_eigenpair(
-            gram, u.double(), LANCZOS_STEPS, EVAL_RTOL, EVAL_MAX_STEPS
+            gram, u.double(), LANCZOS_CYCLE, EVAL_RTOL, EVAL_MAX_STEPS
         )
         return theta, y
 

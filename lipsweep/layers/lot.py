@@ -68,6 +68,16 @@ def newton_schulz_hermitian(matrices: torch.Tensor, iterations: int) -> torch.Te
     return z
 
 
+def orthogonalize(v: torch.Tensor) -> torch.Tensor:
+    """Z V / sqrt(n) for a batch of square matrices V: S = V V^H + eps I, n = ||S||_F + eps,
+    Z ~ (S / n)^{-1/2} by Newton-Schulz (``ITERATIONS`` steps)."""
+    eye = torch.eye(v.shape[-1], dtype=v.dtype, device=v.device)
+    s = v @ v.mH + EPSILON * eye
+    norm = torch.linalg.matrix_norm(s, keepdim=True) + EPSILON  # per frequency
+    z = newton_schulz_hermitian(s / norm, ITERATIONS)
+    return z @ v / norm.sqrt()
+
+
 class LOTConv2d(CachedParametrization):
     """Orthogonalised k x k convolution: y = crop(ifft2(W_orth(f) fft2(pad(x))(f))) + b.
 
@@ -90,17 +100,18 @@ class LOTConv2d(CachedParametrization):
         return self.kernel_size // 2
 
     def parametrize(self, training: bool, height: int, width: int) -> torch.Tensor:
-        """W_orth(f) on the rfft grid, shape (H + 2p, (W + 2p) // 2 + 1, C, C); float64
+        """W_orth(f) on the rfft grid, shape (H + 2p, (W + 2p) // 2 + 1, C, C); for k = 1,
+        where V(f) = W at every frequency, the one real matrix W_orth (C, C). Float64
         materialisation for the eval cache."""
         weight = self.weight if training else self.weight.double()
+        if self.kernel_size == 1:
+            return orthogonalize(weight[:, :, 0, 0]).to(self.weight.dtype)
         v = kernel_spectrum(weight, height + 2 * self.padding, width + 2 * self.padding, True)
-        eye = torch.eye(v.shape[-1], dtype=v.dtype, device=v.device)
-        s = v @ v.mH + EPSILON * eye
-        norm = torch.linalg.matrix_norm(s, keepdim=True) + EPSILON  # per frequency
-        z = newton_schulz_hermitian(s / norm, ITERATIONS)
-        return (z @ v / norm.sqrt()).to(complex_dtype(self.weight.dtype))
+        return orthogonalize(v).to(complex_dtype(self.weight.dtype))
 
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if not weight.is_complex():  # k = 1: the same matrix at every pixel
+            return F.conv2d(x, weight[:, :, None, None], self.bias)
         p = self.padding
         height, width = x.shape[-2:]
         padded = F.pad(x, (p, p, p, p))

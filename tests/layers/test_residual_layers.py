@@ -7,9 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from lipsweep.layers.aol import AOLConv2d, aol_rescale
-from lipsweep.layers.cpl import CPLConv2d
+from lipsweep.layers.cpl import CPLConv2d, round_down
+from lipsweep.layers.numerics import lanczos_largest_eigenvalue
 from lipsweep.layers.sll import SLLConv2d, sll_rescaling
-from tests.layers.lipschitz_check import jacobian_singular_values
+from tests.layers.lipschitz_check import adversarial_steps, jacobian_singular_values
+from tests.test_model import TINY_SHAPE, tiny_model
 
 torch.set_num_threads(1)
 
@@ -210,6 +212,73 @@ def test_cpl_warm_flag_survives_state_dict_loading() -> None:
     assert fresh.is_warm()
     fresh.load_state_dict(CPLConv2d(3, 3, 3, input_size=6).state_dict())
     assert not fresh.is_warm()
+
+
+def clustered_psd_matrix(n: int = 300, gap: float = 1e-4) -> torch.Tensor:
+    """Dense symmetric PSD, eigenvalues 1, 1 - gap, then n - 2 spread over [0, 0.99]."""
+    g = torch.Generator().manual_seed(0)
+    top = torch.tensor([1.0, 1.0 - gap], dtype=torch.float64)
+    values = torch.cat([top, torch.linspace(0, 0.99, n - 2, dtype=torch.float64)])
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return (q * values) @ q.T
+
+
+def test_lanczos_resolves_a_tiny_top_gap_that_power_iteration_does_not() -> None:
+    """Same budget (150 matvecs): Lanczos is exact to 1e-10, power iteration is ~1e-4 low."""
+    matrix = clustered_psd_matrix()
+    exact = torch.linalg.eigvalsh(matrix)[-1].item()
+    start = torch.randn(300, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    theta, y = lanczos_largest_eigenvalue(lambda x: matrix @ x, start, 150)
+    assert theta.item() == pytest.approx(exact, abs=1e-10)
+    assert theta.item() <= exact + 1e-12  # a Rayleigh quotient: never above lambda_max
+    assert (matrix @ y - theta * y).norm().item() < 1e-4
+    v = start / start.norm()
+    for _ in range(149):
+        v = matrix @ v
+        v = v / v.norm()
+    assert exact - (v @ matrix @ v).item() > 1e-6
+
+
+def test_lanczos_stops_at_an_invariant_subspace() -> None:
+    """Breakdown: c I after one step, a 7 x 7 matrix after at most 7, the zero map at once."""
+    start = torch.randn(2, 5, dtype=torch.float64)
+    theta, y = lanczos_largest_eigenvalue(lambda x: 3 * x, start, 50)
+    assert theta.item() == pytest.approx(3.0, rel=1e-14) and y.shape == (2, 5)
+    b = torch.randn(7, 7, dtype=torch.float64)
+    matrix = b @ b.T
+    theta, _ = lanczos_largest_eigenvalue(lambda x: matrix @ x, torch.randn(7).double(), 50)
+    assert theta.item() == pytest.approx(torch.linalg.eigvalsh(matrix)[-1].item(), rel=1e-12)
+    theta, _ = lanczos_largest_eigenvalue(torch.zeros_like, start, 50)
+    assert theta.item() == 0.0
+
+
+@pytest.mark.parametrize("when", ["at init", "after adversarial steps"])
+def test_cpl_eval_sigma_is_exact_in_every_layer_of_the_tiny_model(when: str) -> None:
+    """The reviewer's case: block0.conv3 of the tiny CPL model at 8 x 8 has its top two
+    singular values ~4e-4 apart; a change-based power iteration stopped at 1.79674 for
+    1.79741 (r sigma^2 = 2.0015). Every layer's sigma must now be exact and r sigma^2 <= 2."""
+    model = tiny_model("cpl")
+    if when != "at init":
+        adversarial_steps(model, TINY_SHAPE, steps=10)
+    model.eval()
+    layers = [layer for layer in model.modules() if isinstance(layer, CPLConv2d)]
+    for layer in layers:
+        size = layer.input_size
+        exact = exact_norm(layer.kernel.detach(), size, size)
+        assert layer.spectral_norm().item() == pytest.approx(exact, rel=1e-8)
+        _, scale = layer.cached_weight(size, size)
+        assert scale.item() * exact**2 <= 2 + 1e-8
+
+
+def test_cpl_float32_eval_is_computed_in_float64_and_rounded_down() -> None:
+    torch.manual_seed(0)
+    layer = CPLConv2d(3, 3, 3, input_size=6).eval()
+    exact = exact_norm(layer.kernel.detach().double(), 6, 6)
+    assert layer.spectral_norm().item() == pytest.approx(exact, rel=1e-7)
+    _, scale = layer.cached_weight(6, 6)
+    assert scale.dtype == torch.float32 and scale.double().item() * exact**2 <= 2
+    below = torch.tensor(1 - 2.0**-30, dtype=torch.float64)  # float32 rounds it up to 1
+    assert round_down(below, torch.float32).item() == 1 - 2.0**-24
 
 
 # --- all three -------------------------------------------------------------------------------

@@ -1,0 +1,396 @@
+"""Speed and memory benchmarks of every method against the standard conv (PAPER.md 4, 5.4, 5.6).
+
+``run_bench`` measures each (method, size) model on one device in one run: training time per
+batch (forward + sum().backward() + SGD step), cached inference time per batch, the first eval
+batch's caching time, the uncached forward (train mode under no_grad), peak memories and
+throughputs. Every figure is also given as a ratio to the standard conv of the same size,
+measured in the same run, because absolute timings on a shared machine are noisy. Results go
+to ``out/results/bench/dataset=<d>/method=<m>/<run-id>.parquet`` (atomic, hive-partitioned).
+
+The layer-level helpers (``layer_costs``, ``fit_exponent``, ``count_torch_calls``,
+``saved_tensor_bytes``) back the scaling fits against the paper's Table 1 (benchmarks/).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import math
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.overrides import TorchFunctionMode
+
+from lipsweep.data import DATASETS
+from lipsweep.measure import measure_model, synchronize, timed
+from lipsweep.model import build_model, make_conv
+from lipsweep.results import write_atomic
+
+# Training-set sizes used for seconds per epoch (the paper trains on the full training set).
+TRAIN_EXAMPLES = {"cifar10": 50_000, "cifar100": 50_000, "tiny-imagenet": 100_000, "digits": 1437}
+BASELINE = "standard"
+# Figures that get a ratio to the standard conv (column "<figure>_ratio").
+RATIO_FIGURES = (
+    "train_batch_s",
+    "inference_batch_s",
+    "caching_s",
+    "seconds_per_epoch",
+    "train_throughput",
+    "inference_throughput",
+    "train_peak_bytes",
+    "inference_peak_bytes",
+)
+BENCH_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("size", pa.string()),
+        ("batch_size", pa.int64()),
+        ("device", pa.string()),
+        ("threads", pa.int64()),
+        ("train_batch_s", pa.float64()),
+        ("inference_batch_s", pa.float64()),
+        ("uncached_inference_batch_s", pa.float64()),
+        ("caching_s", pa.float64()),
+        ("seconds_per_epoch", pa.float64()),
+        ("train_throughput", pa.float64()),
+        ("inference_throughput", pa.float64()),
+        ("train_peak_bytes", pa.int64()),
+        ("inference_peak_bytes", pa.int64()),
+        ("cache_speedup", pa.float64()),  # uncached / cached inference time
+        *[(f"{name}_ratio", pa.float64()) for name in RATIO_FIGURES],
+        ("measured_at", pa.timestamp("s", tz="UTC")),
+    ]
+)
+PARTITIONS = ("dataset", "method")
+
+
+def honest_cpu_memory() -> bool:
+    """Make the CPU peak-RSS sampler track live tensors: glibc then serves every allocation
+    of 128 KiB or more by mmap and unmaps it on free (instead of keeping freed memory in its
+    heap, which would hide the peak of later batches). Returns False where unavailable."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 128 * 1024) and libc.mallopt(m_trim_threshold, 0)
+    return bool(ok)
+
+
+def time_uncached_inference(model: torch.nn.Module, inputs: torch.Tensor, batches: int) -> float:
+    """Mean seconds of a train-mode forward under no_grad: the weight is recomputed for every
+    batch, as an implementation without an eval cache would do."""
+    model.train()
+    with torch.no_grad():
+        model(inputs)  # warm-up
+        with timed(inputs.device) as elapsed:
+            for _ in range(batches):
+                model(inputs)
+    return elapsed[0] / batches
+
+
+def bench_cell(
+    method: str,
+    size: str,
+    dataset: str,
+    batch_size: int,
+    device: torch.device,
+    batches: int,
+    warmup: int = 1,
+) -> dict[str, Any]:
+    """One row of the benchmark: every figure of ``method`` at ``size`` on ``device``."""
+    info = DATASETS[dataset]
+    shape = (info.channels, info.image_size, info.image_size)
+
+    def build() -> torch.nn.Module:
+        return build_model(method, size, dataset)
+
+    timing = measure_model(build, shape, batch_size, device, batches, warmup)
+    inputs = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(0))
+    uncached = time_uncached_inference(build().to(device), inputs.to(device), batches)
+    batches_per_epoch = math.ceil(TRAIN_EXAMPLES.get(dataset, 50_000) / batch_size)
+    return {
+        "dataset": dataset,
+        "method": method,
+        "size": size,
+        "batch_size": batch_size,
+        "device": timing.device,
+        "threads": torch.get_num_threads(),
+        "train_batch_s": timing.train_batch_s,
+        "inference_batch_s": timing.inference_batch_s,
+        "uncached_inference_batch_s": uncached,
+        "caching_s": timing.caching_s,
+        "seconds_per_epoch": timing.train_batch_s * batches_per_epoch,
+        "train_throughput": timing.train_throughput,
+        "inference_throughput": timing.inference_throughput,
+        "train_peak_bytes": timing.train_peak_bytes,
+        "inference_peak_bytes": timing.inference_peak_bytes,
+        "cache_speedup": uncached / timing.inference_batch_s,
+    }
+
+
+def add_ratios(frame: pd.DataFrame) -> pd.DataFrame:
+    """``<figure>_ratio`` = figure / the standard conv's figure at the same size (NaN when
+    the run has no standard row for that size or its figure is 0)."""
+    frame = frame.copy()
+    baseline = frame[frame["method"] == BASELINE].set_index("size")
+    for name in RATIO_FIGURES:
+        reference = frame["size"].map(baseline[name]) if len(baseline) else math.nan
+        reference = pd.Series(reference, index=frame.index, dtype=float).replace(0.0, math.nan)
+        frame[f"{name}_ratio"] = frame[name].astype(float) / reference
+    return frame
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
+def _cell(frame_row: pd.Series, name: str, formatted: str) -> str:
+    ratio = frame_row.get(f"{name}_ratio", math.nan)
+    return formatted if pd.isna(ratio) else f"{formatted} ({ratio:.2f}x)"
+
+
+def render_table(frame: pd.DataFrame, title: str = "lipsweep bench") -> Table:
+    """A rich table: every figure with its ratio to the standard conv in brackets."""
+    table = Table(title=title)
+    for header in (
+        "size", "method", "train s/batch", "s/epoch", "infer s/batch", "uncached s/batch",
+        "cache speedup", "caching s", "train ex/s", "infer ex/s", "train peak", "infer peak",
+    ):  # fmt: skip
+        table.add_column(header, justify="left" if header in ("size", "method") else "right")
+    for _, row in frame.iterrows():
+        table.add_row(
+            row["size"],
+            row["method"],
+            _cell(row, "train_batch_s", f"{row['train_batch_s']:.4f}"),
+            _cell(row, "seconds_per_epoch", f"{row['seconds_per_epoch']:.1f}"),
+            _cell(row, "inference_batch_s", f"{row['inference_batch_s']:.4f}"),
+            f"{row['uncached_inference_batch_s']:.4f}",
+            f"{row['cache_speedup']:.2f}x",
+            _cell(row, "caching_s", f"{row['caching_s']:.4f}"),
+            _cell(row, "train_throughput", f"{row['train_throughput']:.0f}"),
+            _cell(row, "inference_throughput", f"{row['inference_throughput']:.0f}"),
+            _cell(row, "train_peak_bytes", _bytes(row["train_peak_bytes"])),
+            _cell(row, "inference_peak_bytes", _bytes(row["inference_peak_bytes"])),
+        )
+    return table
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus a random suffix."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def save_frame(frame: pd.DataFrame, out: Path, run_id: str) -> list[Path]:
+    """One Parquet file per (dataset, method) of this run, written atomically:
+    ``out/results/bench/dataset=<d>/method=<m>/<run_id>.parquet``."""
+    paths = []
+    for (dataset, method), group in frame.groupby(list(PARTITIONS), sort=False):
+        rows = group.assign(run_id=run_id).to_dict("records")
+        columns = {name: [row.get(name) for row in rows] for name in BENCH_SCHEMA.names}
+        path = out / "results" / "bench" / f"dataset={dataset}" / f"method={method}"
+        path = path / f"{run_id}.parquet"
+        write_atomic(pa.table(columns, schema=BENCH_SCHEMA), path)
+        paths.append(path)
+    return paths
+
+
+def read_bench(out: Path) -> pd.DataFrame:
+    """Every benchmark row under ``out``, partition columns included."""
+    folder = out / "results" / "bench"
+    full = pa.schema([*BENCH_SCHEMA, *[(key, pa.string()) for key in PARTITIONS]])
+    if not folder.is_dir():
+        return full.empty_table().to_pandas()
+    partitioning = ds.partitioning(
+        pa.schema([(key, pa.string()) for key in PARTITIONS]), flavor="hive"
+    )
+    dataset = ds.dataset(folder, format="parquet", partitioning=partitioning, schema=full)
+    return dataset.to_table().to_pandas()
+
+
+def make_figures(frame: pd.DataFrame, out_dir: Path, console: Console) -> Any:
+    """``analysis.figures.speed_memory_figures(frame, out_dir)`` when that function exists."""
+    try:
+        figures = importlib.import_module("analysis.figures")
+    except ImportError as error:
+        console.print(f"[dim]no figures: analysis.figures not importable ({error})[/dim]")
+        return None
+    function = getattr(figures, "speed_memory_figures", None)
+    if function is None:
+        console.print("[dim]no figures: analysis.figures has no speed_memory_figures[/dim]")
+        return None
+    return function(frame, out_dir)
+
+
+def run_bench(
+    methods: Iterable[str],
+    sizes: Iterable[str],
+    dataset: str = "cifar10",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    out: Path = Path("bench-out"),
+    batches: int = 5,
+    console: Console | None = None,
+    warmup: int = 1,
+) -> pd.DataFrame:
+    """Benchmark every (method, size), the standard conv always included (first, per size),
+    print the table, write Parquet and figures; returns the frame with ratio columns."""
+    console = console or Console()
+    device = torch.device(device)
+    if device.type == "cpu":
+        honest_cpu_memory()
+    methods = [BASELINE, *[m for m in methods if m != BASELINE]]
+    rows = []
+    for size in sizes:
+        for method in methods:
+            console.print(f"[dim]bench {dataset} {size} {method} (batch {batch_size})[/dim]")
+            rows.append(bench_cell(method, size, dataset, batch_size, device, batches, warmup))
+    frame = add_ratios(pd.DataFrame(rows))
+    frame["measured_at"] = pd.Timestamp.now(tz="UTC").floor("s")
+    console.print(render_table(frame, f"lipsweep bench: {dataset}, {frame['device'].iloc[0]}"))
+    run_id = new_run_id()
+    paths = save_frame(frame, Path(out), run_id)
+    console.print(f"wrote {len(paths)} Parquet files under {Path(out) / 'results' / 'bench'}")
+    make_figures(frame, Path(out) / "figures", console)
+    return frame
+
+
+# Layer-level measurements (scaling fits, Table 1 checks) -------------------------------------
+
+
+class _CallCounter(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_torch_calls(function: Callable[[], Any]) -> int:
+    """Number of torch function calls ``function`` makes: equal counts at different channel
+    counts or input sizes mean no Python loop over channels or frequencies."""
+    with _CallCounter() as counter:
+        function()
+    return counter.calls
+
+
+@contextmanager
+def saved_tensor_bytes(exclude: Iterable[Any] = ()) -> Iterator[list[int]]:
+    """What autograd keeps for backward inside the block, over distinct storages:
+    out = [bytes, elements] (a complex number is one element). Storages of the tensors in
+    ``exclude`` (e.g. the weight handed to an input op) are not counted."""
+    skip = {t.untyped_storage().data_ptr() for t in _tensors(exclude)}
+    storages: dict[int, tuple[int, int]] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in skip:
+            storages[storage.data_ptr()] = (
+                storage.nbytes(),
+                storage.nbytes() // tensor.element_size(),
+            )
+        return tensor
+
+    out: list[int] = []
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield out
+    out.extend([sum(b for b, _ in storages.values()), sum(e for _, e in storages.values())])
+
+
+def _tensors(items: Any) -> list[torch.Tensor]:
+    if isinstance(items, torch.Tensor):
+        return [items]
+    if isinstance(items, list | tuple):
+        return [t for item in items for t in _tensors(item)]
+    return []
+
+
+def _mean_seconds(function: Callable[[], Any], device: torch.device, repeats: int) -> float:
+    function()
+    best = math.inf
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def layer_costs(
+    method: str,
+    channels: int,
+    size: int,
+    batch_size: int,
+    kernel_size: int = 3,
+    device: str | torch.device = "cpu",
+    repeats: int = 3,
+) -> dict[str, float]:
+    """Costs of one ``method`` layer (c channels, s x s input) split as in Table 1: parameter
+    transform (training forward) and input op (forward with a ready weight), each its time
+    (best of ``repeats``) and the bytes autograd saves for backward."""
+    device = torch.device(device)
+    layer = make_conv(method, channels, kernel_size, size, "block").to(device).train()
+    spatial = (size, size) if getattr(layer, "size_dependent", False) else ()
+    x = torch.randn(batch_size, channels, size, size, device=device, requires_grad=True)
+    if hasattr(layer, "parametrize"):
+
+        def transform() -> Any:
+            return layer.parametrize(True, *spatial)
+
+        def input_op(weight: Any) -> torch.Tensor:
+            return layer.apply_weight(x, weight)
+    else:  # the standard conv: its weight is the parameter itself
+
+        def transform() -> Any:
+            return (layer.weight, layer.bias)
+
+        def input_op(weight: Any) -> torch.Tensor:
+            return layer(x)
+
+    with saved_tensor_bytes() as param_saved:
+        weight = transform()
+    exclude = [weight, *layer.parameters(), *layer.buffers()]
+    with saved_tensor_bytes(exclude) as input_saved:
+        input_op(weight)
+    with torch.no_grad():
+        param_s = _mean_seconds(transform, device, repeats) if param_saved[0] else 0.0
+        ready = transform()
+        input_s = _mean_seconds(lambda: input_op(ready), device, repeats)
+    return {
+        "method": method,
+        "channels": channels,
+        "size": size,
+        "batch_size": batch_size,
+        "param_s": param_s,
+        "input_s": input_s,
+        "param_saved_bytes": float(param_saved[0]),
+        "param_saved_elements": float(param_saved[1]),
+        "input_saved_bytes": float(input_saved[0]),
+        "input_saved_elements": float(input_saved[1]),
+    }
+
+
+def fit_exponent(xs: Iterable[float], ys: Iterable[float]) -> float:
+    """Least-squares slope of log y against log x (the exponent of y ~ x^a)."""
+    x = torch.tensor([math.log(v) for v in xs], dtype=torch.float64)
+    y = torch.tensor([math.log(max(v, 1e-12)) for v in ys], dtype=torch.float64)
+    x = x - x.mean()
+    return float((x * (y - y.mean())).sum() / (x * x).sum())
