@@ -41,6 +41,8 @@ def circular_same_pad(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
     before = (kernel_size - 1) // 2
     after = kernel_size - 1 - before
     height, width = x.shape[-2:]
+    if after == 0:  # k = 1: no padding, and no copy
+        return x
     if after <= min(height, width):
         return F.pad(x, (before, after, before, after), mode="circular")
     rows = torch.arange(-before, height + after, device=x.device) % height
