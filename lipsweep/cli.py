@@ -336,10 +336,29 @@ def launch(
     batch_size: BatchOpt = None,
     data_dir: DataOpt = None,
     backend: Annotated[
-        str, typer.Option(help="local (Ray in this process) or ray (--address).")
+        str,
+        typer.Option(
+            help="local (Ray in this process), ray (--address) or slurm (a job per cell)."
+        ),
     ] = "local",
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address for --backend ray.")
+    ] = None,
+    slurm_config: Annotated[
+        Path | None, typer.Option(help="TOML/JSON file of the SLURM options below.")
+    ] = None,
+    partition: Annotated[str | None, typer.Option(help="SLURM partition.")] = None,
+    gpus_per_node: Annotated[int | None, typer.Option(help="SLURM GPUs per cell job.")] = None,
+    cpus_per_task: Annotated[int | None, typer.Option(help="SLURM CPUs per cell job.")] = None,
+    mem: Annotated[str | None, typer.Option(help="SLURM memory per cell job, e.g. 16G.")] = None,
+    time: Annotated[
+        str | None, typer.Option(help="SLURM time limit per cell job (HH:MM:SS, D-HH:MM:SS).")
+    ] = None,
+    account: Annotated[str | None, typer.Option(help="SLURM account.")] = None,
+    qos: Annotated[str | None, typer.Option(help="SLURM QOS.")] = None,
+    constraint: Annotated[str | None, typer.Option(help="SLURM node constraint.")] = None,
+    array_parallelism: Annotated[
+        int | None, typer.Option(help="SLURM cell jobs running at once.")
     ] = None,
 ) -> None:
     """Run the paper's protocol: search, select, final runs, into a Parquet dataset.
@@ -347,7 +366,7 @@ def launch(
     Re-running the same launch resumes it."""
     from lipsweep.launch_command import launch as run_launch
 
-    check_choice(backend, ("local", "ray"), "backend")
+    check_choice(backend, ("local", "ray", "slurm"), "backend")
     if backend == "ray" and not address:
         raise fail("--backend ray needs --address HOST:PORT of a running Ray cluster")
     config = _sweep_config(
@@ -369,6 +388,27 @@ def launch(
         batch_size,
         data_dir,
     )
+    if backend == "slurm":
+        from lipsweep.backends.slurm import SlurmOptions, launch_slurm
+
+        try:
+            options = (
+                SlurmOptions.from_file(slurm_config) if slurm_config else SlurmOptions()
+            ).with_overrides(
+                partition=partition,
+                gpus_per_node=gpus_per_node,
+                cpus_per_task=cpus_per_task,
+                mem=mem,
+                time=time,
+                account=account,
+                qos=qos,
+                constraint=constraint,
+                array_parallelism=array_parallelism,
+            )
+            launch_slurm(config, out, options, console)
+        except (FileNotFoundError, ValueError, TypeError) as error:
+            raise fail(str(error)) from None
+        return
     try:
         run_launch(config, out, address if backend == "ray" else None, console)
     except (FileNotFoundError, ValueError) as error:
@@ -511,3 +551,62 @@ def status(
                 live.update(status_table(out))
         except KeyboardInterrupt:
             pass
+
+
+@app.command()
+def cancel(out: Annotated[Path, typer.Argument(help="The sweep's folder.")]) -> None:
+    """Cancel the sweep's queued and running SLURM jobs (scancel by job id)."""
+    from lipsweep.backends.slurm import cancel_sweep, read_jobs
+
+    if not read_jobs(out):
+        raise fail(f"{out} has no SLURM jobs (no slurm/jobs.json): nothing to cancel")
+    cancelled = cancel_sweep(out)
+    console.print(f"cancelled {len(cancelled)} jobs: {' '.join(cancelled) or '-'}")
+
+
+@app.command("slurm-cell")
+def slurm_cell(
+    out: Annotated[Path, typer.Argument(help="The sweep's folder (holding sweep.json).")],
+    cell: Annotated[str, typer.Argument(help="The cell, e.g. cifar10-XS-aol.")],
+) -> None:
+    """Run one cell of a sweep inside a SLURM job (what jobs/lipsweep_cell.sbatch calls)."""
+    from lipsweep.backends.slurm import CellJob
+    from lipsweep.sweep import SweepConfig
+
+    if not (out / "sweep.json").exists():
+        raise fail(f"{out} holds no sweep (no sweep.json): start one with `lipsweep launch`")
+    try:
+        CellJob(out, SweepConfig.load(out), cell, None)()
+    except (FileNotFoundError, ValueError) as error:
+        raise fail(str(error)) from None
+
+
+@app.command()
+def bench(
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated methods (standard is always added).")
+    ] = "aol,bcop,cpl,cayley,lot,sll,soc",
+    sizes: Annotated[str, typer.Option(help="Comma-separated sizes.")] = "XS",
+    dataset: Annotated[str, typer.Option(help="Input shape of this dataset.")] = "cifar10",
+    batch_size: Annotated[int, typer.Option(help="Batch size (paper: 256).")] = 64,
+    batches: Annotated[int, typer.Option(help="Timed batches per measurement.")] = 5,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    out: Annotated[Path, typer.Option(help="Where the Parquet results and figures go.")] = Path(
+        "runs/bench"
+    ),
+) -> None:
+    """Time and memory of training and cached inference per method and size, with every figure
+    as a ratio to the standard conv measured in the same run."""
+    from lipsweep.bench import run_bench
+    from lipsweep.data import DATASETS
+    from lipsweep.layers import LAYERS
+    from lipsweep.model import SIZES
+
+    method_list = split_list(methods, list(LAYERS), "method")
+    size_list = split_list(sizes, list(SIZES), "size")
+    check_choice(dataset, list(DATASETS), "dataset")
+    if batch_size < 1 or batches < 1:
+        raise fail("--batch-size and --batches must be at least 1")
+    run_bench(
+        method_list, size_list, dataset, batch_size, pick_device(device), out, batches, console
+    )

@@ -198,9 +198,12 @@ def attempt_row(trial: dict[str, Any], spec: Any, outcome: Any, attempt: int) ->
 # ----------------------------------------------------------------------------- Tune side
 
 
-def execute(trials: list[dict[str, Any]], config: SweepConfig, folder: Path, stage: str) -> int:
+def execute(
+    trials: list[dict[str, Any]], config: SweepConfig, folder: Path, stage: str, tag: str = ""
+) -> int:
     """Run ``trials`` (trainable parameter dicts) with Ray Tune, as many at once as fit;
-    return how many the GPU-hour cap kept from starting."""
+    return how many the GPU-hour cap kept from starting. ``tag`` keeps the Tune experiment
+    names of concurrent jobs (one per cell) apart."""
     if not trials:
         return 0
     from ray import tune
@@ -211,7 +214,7 @@ def execute(trials: list[dict[str, Any]], config: SweepConfig, folder: Path, sta
         param_space={"trial": tune.grid_search(trials)},
         tune_config=tune.TuneConfig(num_samples=1),
         run_config=tune.RunConfig(
-            name=f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"{stage}{tag}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str((folder / "tune").resolve()),
             failure_config=tune.FailureConfig(max_failures=1),
             verbose=0,
@@ -232,6 +235,7 @@ class SweepContext:
     train_examples: dict[tuple[str, str], int]  # (dataset, stage) -> examples per epoch
     versions: str
     git_commit: str
+    tag: str = ""  # "-<cell>" when this process runs only some cells (one SLURM job per cell)
 
     def trial_parameters(self, planned: PlannedTrial, lr: float, wd: float, seed: int) -> dict:
         config = self.config
@@ -340,10 +344,22 @@ def examples_per_epoch(config: SweepConfig, dataset: str, stage: str) -> int:
     return min(count, config.max_examples) if config.max_examples else count
 
 
-def run_sweep(config: SweepConfig, folder: Path, plans: list[CellPlan], console: Console) -> None:
-    """Run (or finish) the sweep in ``folder``; Ray must already be initialised."""
+def run_sweep(
+    config: SweepConfig,
+    folder: Path,
+    plans: list[CellPlan],
+    console: Console,
+    cells: list[str] | None = None,
+) -> None:
+    """Run (or finish) the sweep in ``folder``; Ray must already be initialised.
+
+    ``cells`` (cell names) restricts the run to those cells, as one SLURM job per cell does:
+    only their plans run and only their stale GPU-hour reservations are dropped, so jobs of
+    other cells running at the same time keep theirs."""
     folder.mkdir(parents=True, exist_ok=True)
-    Ledger(folder, config.max_gpu_hours).clear_stale()
+    if cells is not None:
+        plans = [p for p in plans if cell_name(p.dataset, p.size, p.method) in cells]
+    Ledger(folder, config.max_gpu_hours).clear_stale(cells)
     context = SweepContext(
         config,
         folder,
@@ -355,6 +371,7 @@ def run_sweep(config: SweepConfig, folder: Path, plans: list[CellPlan], console:
         },
         software_versions(),
         git_commit(),
+        "" if cells is None else "-" + "+".join(sorted(cells)),
     )
     planned = planned_trials(config, plans)
     run_search(context, [t for t in planned if t.stage == "search"], console)
@@ -366,6 +383,8 @@ def run_search(context: SweepContext, planned: list[PlannedTrial], console: Cons
     studies, pending, rows_by_cell = {}, [], {}
     for dataset, size, method in config.cells():
         cell = cell_name(dataset, size, method)
+        if cell not in context.plans:
+            continue
         studies[cell] = open_study(config, folder, cell)
         asked = ask_trials(studies[cell], config.trials)
         cell_trials = [
@@ -380,7 +399,7 @@ def run_search(context: SweepContext, planned: list[PlannedTrial], console: Cons
             rows_by_cell[cell].append(parameters)
             pending.append(parameters)
     console.print(f"search: {len(pending)} trials over {len(studies)} cells")
-    report_cap(execute(pending, config, folder, "search"), config, console)
+    report_cap(execute(pending, config, folder, "search", context.tag), config, console)
     attempts = read_attempts(folder)
     for cell, study in studies.items():
         tell_results(study, attempts, rows_by_cell[cell])
@@ -401,7 +420,7 @@ def run_finals(context: SweepContext, planned: list[PlannedTrial], console: Cons
         lr, wd = float(best["lr"]), float(best["weight_decay"])
         pending.append(context.trial_parameters(trial, lr, wd, final_seed(config, trial)))
     console.print(f"final: {len(pending)} runs")
-    report_cap(execute(pending, config, context.folder, "final"), config, console)
+    report_cap(execute(pending, config, context.folder, "final", context.tag), config, console)
 
 
 def report_cap(skipped: int, config: SweepConfig, console: Console) -> None:

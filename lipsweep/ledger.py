@@ -58,8 +58,10 @@ class Ledger:
                 with self._locked():
                     (self.folder / f"{key}.json").unlink(missing_ok=True)
 
-    def clear_stale(self) -> None:
-        """Drop reservations left by a killed driver (call before any trial starts)."""
+    def clear_stale(self, cells: list[str] | None = None) -> None:
+        """Drop reservations left by a killed driver (call before any trial starts); with
+        ``cells``, only those of these cells' attempts (ids ``<stage>-<cell>-...``)."""
         with self._locked():
             for path in self.folder.glob("*.json"):
-                path.unlink()
+                if cells is None or any(f"-{cell}-" in path.name for cell in cells):
+                    path.unlink()

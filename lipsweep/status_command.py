@@ -85,16 +85,33 @@ def remaining_hours(config: SweepConfig, attempts: pd.DataFrame) -> float:
     return hours
 
 
+def slurm_jobs(folder: Path) -> dict[str, str]:
+    """cell -> "<latest job id> <state>" for a sweep launched with --backend slurm, else {}."""
+    from lipsweep.backends.slurm import job_label, job_states, read_jobs
+
+    latest = {cell: ids[-1] for cell, ids in read_jobs(folder).items() if ids}
+    if not latest:
+        return {}
+    try:
+        states = job_states(list(latest.values()))
+    except FileNotFoundError:  # no SLURM client on this machine
+        states = {}
+    return {cell: job_label(folder, job_id, states.get(job_id)) for cell, job_id in latest.items()}
+
+
 def status_table(folder: Path) -> Table:
     config = SweepConfig.load(folder)
     attempts = read_attempts(folder)
     finished = set(attempts["attempt_id"]) if not attempts.empty else set()
     running = running_attempts(folder, finished)
     table = Table(title=f"sweep {config.sweep_id} in {folder}")
-    for column in ("cell", "search done", "running", "failed", "best val CRA36", "finals", "GPU-h"):
-        table.add_column(column, justify="left" if column == "cell" else "right")
+    jobs = slurm_jobs(folder)
+    columns = ["cell", "search done", "running", "failed", "best val CRA36", "finals", "GPU-h"]
+    for column in columns + (["SLURM job"] if jobs else []):
+        table.add_column(column, justify="left" if column in ("cell", "SLURM job") else "right")
     for dataset, size, method in config.cells():
-        table.add_row(*cell_row(config, attempts, running, dataset, size, method))
+        row = cell_row(config, attempts, running, dataset, size, method)
+        table.add_row(*row, *([jobs.get(row[0], "-")] if jobs else []))
     spent = float(attempts["gpu_hours"].sum()) if not attempts.empty else 0.0
     cap = f" of {config.max_gpu_hours:g}" if config.max_gpu_hours else ""
     table.caption = (

@@ -117,14 +117,14 @@ def plan_cell(config: SweepConfig, dataset: str, size: str, method: str, device:
     )
 
     labels = (config.search_budget, *config.budgets)
-    data_dir = Path(config.data_dir) if config.data_dir else None
-    examples = len(load_split(dataset, "train", data_dir))
-    if config.max_examples is not None:
-        examples = min(examples, config.max_examples)
-    if config.calibration == "paper-a100":
+    if config.calibration == "paper-a100":  # needs no data and no hardware
         epochs = {b: paper_epochs(dataset, size, method, parse_budget(b)) for b in labels}
         spe = parse_budget("2h") / max(paper_epochs(dataset, size, method, 7200), 1)
     else:
+        data_dir = Path(config.data_dir) if config.data_dir else None
+        examples = len(load_split(dataset, "train", data_dir))
+        if config.max_examples is not None:
+            examples = min(examples, config.max_examples)
         cache = CalibrationCache(default_cache_dir() / "calibrations.json")
         calibration = calibrate_cell(
             dataset, size, method, config.batch_size, examples, torch.device(device), cache
@@ -201,7 +201,7 @@ def budget_label(text: str) -> str:
 def summarize(config: SweepConfig, trials: list[PlannedTrial], devices: int) -> dict[str, Any]:
     hours = sum(t.device_hours(config.gpus_per_trial) for t in trials)
     return {
-        "cells": len(config.cells()),
+        "cells": len({(t.dataset, t.size, t.method) for t in trials}),
         "search trials": sum(t.stage == "search" for t in trials),
         "final trials": sum(t.stage == "final" for t in trials),
         "GPU-hours (no retries)": hours,

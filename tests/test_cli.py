@@ -39,7 +39,22 @@ def test_help_lists_commands() -> None:
     assert "doctor" in result.stdout and "data" in result.stdout
 
 
-@pytest.mark.parametrize("command", [["doctor"], ["data"], ["data", "download"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["doctor"],
+        ["data"],
+        ["data", "download"],
+        ["train"],
+        ["calibrate"],
+        ["launch"],
+        ["plan"],
+        ["resume"],
+        ["status"],
+        ["rank"],
+        ["bench"],
+    ],
+)
 def test_every_command_has_help(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -144,3 +159,14 @@ def test_train_runs_and_prints_certified_accuracy(tmp_path: Path) -> None:
     assert "result: completed" in result.stdout and "cra_36" in result.stdout
     saved = json.loads((tmp_path / "digits-XS-sll-seed0" / "result.json").read_text())
     assert saved["outcome"]["status"] == "completed" and saved["spec"]["epochs"] == 2
+
+
+def test_plan_of_the_paper_protocol_needs_no_data(tmp_path: Path) -> None:
+    """3 datasets x 4 sizes x 7 methods less LOT-L (no A100 epochs: it did not fit in 80 GB):
+    81 cells, 16 search trials of 2h and one 24h final run each."""
+    result = run("plan", "--budget", "24h", env={"LIPSWEEP_DATA": str(tmp_path)}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "left out" in text and "lot-L on cifar10 did not fit in 80 GB" in text
+    assert "cells: 81, search trials: 1296, final trials: 81" in text
+    assert "GPU-hours (no retries): 4536.0" in text  # 81 x (16 x 2h + 24h)

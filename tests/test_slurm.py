@@ -1,0 +1,161 @@
+"""The SLURM backend against a real single-node SLURM (cluster/slurm-single-node.sh).
+
+The module is skipped when slurmctld/munged are not installed (``apt-get install -y
+--no-install-recommends slurm-wlm munge``) or when not run as root (the daemons run as root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from lipsweep.backends.slurm import (
+    SlurmOptions,
+    job_states,
+    launch_slurm,
+    read_jobs,
+    time_minutes,
+    wait_for_jobs,
+)
+from lipsweep.launch_command import launch
+from lipsweep.results import read_attempts
+from lipsweep.status_command import status_table
+from lipsweep.sweep import SweepConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "cluster" / "slurm-single-node.sh"
+QUIET = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives for the session
+CONFIG = SweepConfig(
+    sweep_id="s",
+    datasets=("digits",),
+    sizes=("XS",),
+    methods=("aol", "sll"),
+    budgets=("1h",),
+    trials=2,
+    search_budget="1h",
+    max_epochs=2,
+    batch_size=256,
+    checkpoint_every_epochs=1,
+)
+OPTIONS = SlurmOptions(cpus_per_task=1, time="20:00")
+COMPARED = ["attempt_id", "trial_id", "stage", "lr", "weight_decay", "seed", "status"]
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[str]:
+    """A private single-node SLURM for this module, stopped by PID at the end."""
+    missing = [name for name in ("slurmctld", "slurmd", "munged") if not shutil.which(name)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: apt-get install slurm-wlm munge")
+    if os.geteuid() != 0:
+        pytest.skip("the single-node SLURM daemons need root")
+    # munged wants every folder above its socket searchable by all: not pytest's 0700 ones.
+    folder = Path(tempfile.mkdtemp(prefix="lipsweep-slurm-"))
+    folder.chmod(0o755)
+    started = subprocess.run(
+        [str(SCRIPT), "start", str(folder)], capture_output=True, text=True, check=False
+    )
+    assert started.returncode == 0, started.stderr
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(folder / "slurm.conf")
+    yield os.environ["SLURM_CONF"]
+    subprocess.run([str(SCRIPT), "stop", str(folder)], check=False)
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIPSWEEP_CACHE", str(tmp_path / "cache"))  # jobs inherit it
+
+
+def run_to_end(config: SweepConfig, out: Path, options: SlurmOptions) -> dict[str, str]:
+    submitted = launch_slurm(config, out, options, QUIET)
+    wait_for_jobs(out, list(submitted.values()), timeout_s=300)
+    return submitted
+
+
+def status_text(out: Path) -> str:
+    recorder = Console(record=True, width=250, file=open(os.devnull, "w"))  # noqa: SIM115
+    recorder.print(status_table(out))
+    return recorder.export_text()
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def mid_attempt(out: Path) -> str | None:
+    """An attempt with a checkpoint after epoch >= 1 and no result yet."""
+    finished = set(read_attempts(out)["attempt_id"]) if (out / "results").exists() else set()
+    for progress in (out / "attempts").glob("*/progress.json"):
+        epoch = json.loads(progress.read_text())["epoch"]
+        if progress.parent.name not in finished and epoch >= 1:
+            return progress.parent.name
+    return None
+
+
+def test_time_limits_parse() -> None:
+    assert time_minutes("30") == 30
+    assert time_minutes("2:00:00") == 120
+    assert time_minutes("1-00") == 1440
+    assert time_minutes("1-12:00:00") == 2160
+    with pytest.raises(ValueError):
+        time_minutes("soon")
+
+
+def test_options_file(tmp_path: Path) -> None:
+    path = tmp_path / "slurm.toml"
+    path.write_text('[slurm]\npartition = "gpu"\ngpus_per_node = 4\narray_parallelism = 8\n')
+    options = SlurmOptions.from_file(path).with_overrides(partition="a100", qos=None)
+    assert (options.partition, options.gpus_per_node, options.array_parallelism) == ("a100", 4, 8)
+    path.write_text('{"partitoin": "gpu"}')
+    path = path.rename(tmp_path / "slurm.json")
+    with pytest.raises(ValueError, match="partitoin"):
+        SlurmOptions.from_file(path)
+
+
+@pytest.mark.slow
+def test_array_over_cells_equals_the_local_sweep(slurm: str, tmp_path: Path, ray_session) -> None:
+    # Two cells, one slot: the array runs its tasks one after the other.
+    out = tmp_path / "slurm-sweep"
+    submitted = run_to_end(CONFIG, out, replace(OPTIONS, array_parallelism=1))
+    assert set(submitted) == {"digits-XS-aol", "digits-XS-sll"}
+    assert all("_" in job_id for job_id in submitted.values())  # one array
+    assert read_jobs(out) == {cell: [job_id] for cell, job_id in submitted.items()}
+    remote = read_attempts(out)
+    assert set(remote["slurm_job_id"]) <= {j.split("_")[0] for j in submitted.values()} | {
+        str(int(j.split("_")[0]) + i) for j in submitted.values() for i in range(1, 3)
+    }
+    local_out = tmp_path / "local-sweep"
+    launch(CONFIG, local_out, None, QUIET)
+    local = read_attempts(local_out)
+    key = ["attempt_id"]
+    assert len(remote) == len(local) == 6
+    assert (
+        remote[COMPARED]
+        .sort_values(key)
+        .reset_index(drop=True)
+        .equals(local[COMPARED].sort_values(key).reset_index(drop=True))
+    )
+    text = status_text(out)
+    assert "SLURM job" in text and text.count("2/2") == 2
+    assert "SLURM job" not in status_text(local_out)
