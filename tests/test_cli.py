@@ -170,3 +170,29 @@ def test_plan_of_the_paper_protocol_needs_no_data(tmp_path: Path) -> None:
     assert "left out" in text and "lot-L on cifar10 did not fit in 80 GB" in text
     assert "cells: 81, search trials: 1296, final trials: 81" in text
     assert "GPU-hours (no retries): 4536.0" in text  # 81 x (16 x 2h + 24h)
+
+
+def test_launch_refuses_an_unwritable_out(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run("launch", "--preset", "quickstart", "--out", str(blocker / "sweep"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "cannot write to" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_launch_refuses_a_cap_smaller_than_one_attempt(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    result = run(
+        "launch",
+        "--preset",
+        "quickstart",
+        "--max-gpu-hours",
+        "1e-9",
+        "--out",
+        str(out),
+        env={"LIPSWEEP_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "smaller than the cheapest attempt" in result.stderr
+    assert not (out / "sweep.json").exists() and not (out / "results").exists()
