@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import torch
 
-from lipsweep.certify import evaluate
-from lipsweep.data import Batches, ImageSet, load_split, train_val_split
+from lipsweep.certify import evaluate, lipschitz_upper_bound
+from lipsweep.data import DATASETS, Batches, ImageSet, load_split, train_val_split
 from lipsweep.loss import offset_cross_entropy
 from lipsweep.model import build_model
 
@@ -65,6 +65,7 @@ class Outcome:
     device_seconds: float = 0.0
     train_seconds: float = 0.0
     resumed_from_epoch: int = 0
+    lipschitz_bound: float | None = None  # of the trained model; final-stage attempts only
     started_at: str = ""
     ended_at: str = ""
 
@@ -94,6 +95,11 @@ def load_data(spec: TrialSpec) -> tuple[ImageSet, ImageSet]:
         train = train.subset(range(min(len(train), spec.max_examples)))
         held_out = held_out.subset(range(min(len(held_out), spec.max_examples)))
     return train, held_out
+
+
+def model_input(spec: TrialSpec) -> tuple[int, int, int]:
+    info = DATASETS[spec.dataset]
+    return (info.channels, info.image_size, info.image_size)
 
 
 class Attempt:
@@ -220,6 +226,8 @@ def run_attempt(
             outcome.resumed_from_epoch = attempt.epoch
         train, held_out = load_data(spec)
         _train_to_end(attempt, train, held_out, on_epoch)
+        if spec.stage == "final":
+            outcome.lipschitz_bound = lipschitz_upper_bound(attempt.model, model_input(spec))
         outcome.status = "completed"
     except NonFiniteError as error:
         outcome.status, outcome.error = "nan", str(error)

@@ -54,6 +54,8 @@ def test_short_cifar10_run_writes_complete_result_and_history(
     assert outcome.metrics["median_margin"] >= 0
     assert outcome.metrics["cra_255"] <= outcome.metrics["cra_36"] <= outcome.metrics["accuracy"]
     assert outcome.device_seconds >= outcome.train_seconds > 0
+    # The trained 1-Lipschitz model's bound, by Lanczos per layer (final stage only).
+    assert outcome.lipschitz_bound is not None and 0 < outcome.lipschitz_bound <= 1 + 1e-4
     assert (tmp_path / CHECKPOINT).exists()
     # The checkpoint loads without unpickling arbitrary objects.
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
