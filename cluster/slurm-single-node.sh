@@ -23,7 +23,7 @@ free_port() {  # a TCP port nobody listens on now (the kernel picks it)
 
 write_conf() {  # slurm.conf for this machine: its CPU count and memory
   local cpus memory per_cpu
-  cpus=$(nproc)
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys OMP_NUM_THREADS
   memory=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
   per_cpu=$((memory / cpus < 2000 ? memory / cpus : 2000))
   cat > "$dir/slurm.conf" <<CONF

@@ -133,6 +133,19 @@ def test_options_file(tmp_path: Path) -> None:
         SlurmOptions.from_file(path)
 
 
+def test_cli_refuses_bad_slurm_options_and_cancel_without_jobs(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lipsweep.cli import app
+
+    runner = CliRunner()
+    out = str(tmp_path / "sweep")
+    result = runner.invoke(app, ["launch", "--backend", "slurm", "--out", out, "--time", "soon"])
+    assert result.exit_code == 2 and "--time 'soon'" in result.output
+    result = runner.invoke(app, ["cancel", out])
+    assert result.exit_code == 2 and "no SLURM jobs" in result.output
+
+
 @pytest.mark.slow
 def test_array_over_cells_equals_the_local_sweep(slurm: str, tmp_path: Path, ray_session) -> None:
     # Two cells, one slot: the array runs its tasks one after the other.
@@ -159,3 +172,58 @@ def test_array_over_cells_equals_the_local_sweep(slurm: str, tmp_path: Path, ray
     text = status_text(out)
     assert "SLURM job" in text and text.count("2/2") == 2
     assert "SLURM job" not in status_text(local_out)
+
+
+def running_job(out: Path) -> str:
+    """The sweep's only job id, once an attempt of it has checkpointed mid-way."""
+    wait_until(lambda: mid_attempt(out) is not None, 240, "an attempt past its first epoch")
+    (job_id,) = [ids[-1] for ids in read_jobs(out).values()]
+    assert job_states([job_id])[job_id] == "RUNNING"
+    return job_id
+
+
+@pytest.mark.slow
+def test_requeued_job_resumes_its_attempt_and_runs_each_attempt_once(
+    slurm: str, tmp_path: Path
+) -> None:
+    config = replace(CONFIG, methods=("aol",), max_epochs=8)
+    out = tmp_path / "sweep"
+    launch_slurm(config, out, replace(OPTIONS, cpus_per_task=2), QUIET)
+    job_id = running_job(out)
+    interrupted = mid_attempt(out)
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    # A requeued job waits ~2 minutes (BeginTime) before it is eligible again: start it now.
+    wait_until(lambda: job_states([job_id]).get(job_id) == "PENDING", 60, "the requeue")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    wait_for_jobs(out, [job_id], timeout_s=300)
+    attempts = read_attempts(out)
+    assert attempts["attempt_id"].is_unique and len(attempts) == 3
+    assert set(attempts["status"]) == {"completed"}
+    assert (attempts["slurm_job_id"] == job_id).all()
+    resumed = attempts.set_index("attempt_id").loc[interrupted]
+    assert resumed["resumed_from_epoch"] > 0 and resumed["epochs_done"] == 8
+    # GPU-hours: one row per attempt, no reservation left behind by the killed run.
+    assert not list((out / "ledger").glob("*.json"))
+    assert len(list((out / "results" / "attempts").rglob("*.parquet"))) == 3
+    assert read_jobs(out) == {"digits-XS-aol": [job_id]}
+
+
+@pytest.mark.slow
+def test_cancelled_job_shows_in_status_and_a_relaunch_finishes(slurm: str, tmp_path: Path) -> None:
+    from lipsweep.backends.slurm import cancel_sweep
+
+    config = replace(CONFIG, methods=("sll",), max_epochs=3)
+    out = tmp_path / "sweep"
+    launch_slurm(config, out, replace(OPTIONS, cpus_per_task=2), QUIET)
+    job_id = running_job(out)
+    assert cancel_sweep(out) == [job_id]
+    wait_for_jobs(out, [job_id], timeout_s=60)
+    assert f"{job_id} CANCELLED" in status_text(out)
+    again = run_to_end(config, out, replace(OPTIONS, cpus_per_task=2))
+    assert list(again) == ["digits-XS-sll"] and again["digits-XS-sll"] != job_id
+    attempts = read_attempts(out)
+    assert attempts["attempt_id"].is_unique and len(attempts) == 3
+    assert set(attempts["status"]) == {"completed"}
+    assert read_jobs(out) == {"digits-XS-sll": [job_id, again["digits-XS-sll"]]}
+    text = status_text(out)
+    assert f"{again['digits-XS-sll']} COMPLETED" in text and "1/1" in text

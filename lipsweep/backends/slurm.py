@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 import tomllib
@@ -118,12 +119,11 @@ def allocation_cpus() -> int:
     return int(os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE") or 1)
 
 
-def start_ray(job_id: str) -> None:
+def start_ray(temp: Path) -> None:
     """Ray local to this job: its own short temp dir, the allocation's CPUs and GPUs, bound to
     127.0.0.1 (never 0.0.0.0), no dashboard."""
     import ray
 
-    temp = Path(f"/tmp/r{job_id}")
     temp.mkdir(parents=True, exist_ok=True)
     os.environ["RAY_TMPDIR"] = str(temp)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -157,13 +157,16 @@ class CellJob:
         from lipsweep.engine import run_sweep
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        job_id = os.environ.get("SLURM_JOB_ID", str(os.getpid()))
+        # Short (Ray's socket paths are limited) and unique even when two test clusters on one
+        # machine both number their jobs from 1.
+        temp = Path(f"/tmp/r{os.environ.get('SLURM_JOB_ID', '')}_{os.getpid()}")
         plan = self.plan or self._calibrate()
-        start_ray(job_id)
+        start_ray(temp)
         try:
             run_sweep(self.config, self.out, [plan], Console(), cells=[self.cell])
         finally:
             ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
         return self.cell
 
     def _calibrate(self) -> CellPlan:
@@ -288,6 +291,7 @@ def launch_slurm(
     GPU (CPU trials or the paper's A100 numbers), else inside each cell's job."""
     from lipsweep.launch_command import check_inputs, existing_config, validated_plans
 
+    time_minutes(options.time)  # a bad --time fails here, before calibration
     config = existing_config(config, out)
     check_inputs(config, out)
     names = [cell_name(*key) for key in config.cells()]
