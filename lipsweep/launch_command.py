@@ -20,6 +20,7 @@ from lipsweep.sweep import (
     planned_trials,
     summarize,
 )
+from lipsweep.train_command import check_writable
 
 PRESETS: dict[str, dict[str, object]] = {
     # The paper's protocol (PAPER.md section 3): 3 datasets x 4 sizes x 7 methods, 16 trials
@@ -55,13 +56,7 @@ def check_inputs(config: SweepConfig, out: Path) -> None:
     for dataset in config.datasets:
         if dataset != "digits":
             dataset_folder(dataset, data_dir)  # one-line FileNotFoundError if missing
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(f"cannot write to {out}: {error.strerror}; choose another --out") from None
+    check_writable(out)
 
 
 def existing_config(config: SweepConfig, out: Path) -> SweepConfig:
