@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -474,7 +475,14 @@ def resume(
 
     if not (out / "sweep.json").exists():
         raise fail(f"{out} holds no sweep (no sweep.json): start one with `lipsweep launch`")
+    options_file = out / "slurm" / "options.json"
     try:
+        if options_file.exists():  # a SLURM sweep: resubmit its unfinished cells
+            from lipsweep.backends.slurm import SlurmOptions, launch_slurm
+
+            options = SlurmOptions(**json.loads(options_file.read_text()))
+            launch_slurm(SweepConfig.load(out), out, options, console)
+            return
         run_launch(SweepConfig.load(out), out, address, console)
     except (FileNotFoundError, ValueError) as error:
         raise fail(str(error)) from None

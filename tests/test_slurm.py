@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -227,3 +228,60 @@ def test_cancelled_job_shows_in_status_and_a_relaunch_finishes(slurm: str, tmp_p
     assert read_jobs(out) == {"digits-XS-sll": [job_id, again["digits-XS-sll"]]}
     text = status_text(out)
     assert f"{again['digits-XS-sll']} COMPLETED" in text and "1/1" in text
+    # `lipsweep resume` of a finished SLURM sweep submits nothing and exits 0.
+    resumed = subprocess.run(
+        [sys.executable, "-m", "lipsweep", "resume", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "no cell to submit" in " ".join(resumed.stdout.split())
+    assert read_jobs(out) == {"digits-XS-sll": [job_id, again["digits-XS-sll"]]}
+
+
+def test_finished_cells_are_not_resubmitted(tmp_path: Path) -> None:
+    """A cell whose every final run has ended for good needs no new job on a relaunch; a NaN
+    final with retries left, or a missing budget, keeps the cell open."""
+    from datetime import UTC, datetime
+
+    from lipsweep.backends.slurm import finished_cells
+    from lipsweep.results import write_attempt
+    from lipsweep.sweep import SweepConfig
+
+    config = SweepConfig(
+        sweep_id="s",
+        datasets=("digits",),
+        sizes=("XS",),
+        methods=("aol", "cpl", "sll"),
+        budgets=("1h", "2h"),
+        max_retries=1,
+    )
+
+    def final(method: str, budget: str, status: str, attempt: int = 0) -> None:
+        trial = f"final-digits-XS-{method}-{budget}-t0"
+        row = {
+            "sweep": "s",
+            "dataset": "digits",
+            "method": method,
+            "size": "XS",
+            "stage": "final",
+            "budget": budget,
+            "trial_id": trial,
+            "attempt": attempt,
+            "attempt_id": f"{trial}-a{attempt}",
+            "status": status,
+            "ended_at": datetime.now(UTC),
+        }
+        write_attempt(tmp_path, row, [])
+
+    final("aol", "1h", "completed")
+    final("aol", "2h", "oom")
+    final("cpl", "1h", "completed")
+    final("cpl", "2h", "nan")  # one retry left
+    final("sll", "1h", "completed")  # 2h not run yet
+    assert finished_cells(config, tmp_path) == {"digits-XS-aol"}
+    final("cpl", "2h", "nan", attempt=1)  # retries used up
+    assert finished_cells(config, tmp_path) == {"digits-XS-aol", "digits-XS-cpl"}

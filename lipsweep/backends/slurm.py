@@ -242,12 +242,29 @@ def alive_cells(out: Path) -> set[str]:
     return {cell for cell, job_id in latest.items() if states.get(job_id, "") in ALIVE}
 
 
+def finished_cells(config: SweepConfig, out: Path) -> set[str]:
+    """Cells whose every final run has ended for good (completed, failed, out of memory, or
+    NaN with its retries used up): a relaunch need not start a job for them."""
+    from lipsweep.results import read_attempts
+
+    attempts = read_attempts(out)
+    if attempts.empty:
+        return set()
+    finals = attempts[attempts["stage"] == "final"]
+    last = finals.sort_values("attempt").drop_duplicates("trial_id", keep="last")
+    over = last["status"].isin(("completed", "failed", "oom")) | (
+        (last["status"] == "nan") & (last["attempt"] >= config.max_retries)
+    )
+    ended = last[over].groupby(["dataset", "size", "method"])["budget"].nunique()
+    return {cell_name(*key) for key, count in ended.items() if count == len(config.budgets)}
+
+
 def submit_sweep(
     config: SweepConfig, out: Path, plans: dict[str, CellPlan | None], options: SlurmOptions
 ) -> dict[str, str]:
     """Submit one job-array task per cell that has no live job; record the ids; return them."""
-    busy = alive_cells(out)
-    cells = [cell for cell in plans if cell not in busy]
+    skip = alive_cells(out) | finished_cells(config, out)
+    cells = [cell for cell in plans if cell not in skip]
     if not cells:
         return {}
     executor = make_executor(out, options, f"lipsweep-{config.sweep_id}")
@@ -304,6 +321,8 @@ def launch_slurm(
     for cell, job_id in submitted.items():
         console.print(f"{cell}: SLURM job {job_id}")
     if not submitted:
-        console.print("every cell already has a queued or running job")
+        console.print(
+            "no cell to submit: every cell is finished or already has a queued or running job"
+        )
     console.print(f"follow it with `lipsweep status {out}`; logs in {slurm_folder(out)}")
     return submitted
