@@ -150,6 +150,16 @@ def train(
     budget_s = check_budget(budget)
     if epochs is not None and epochs < 1:
         raise fail(f"--epochs must be at least 1, got {epochs}")
+    if lr <= 0 or wd < 0:
+        raise fail(f"--lr must be positive and --wd not negative, got {lr:g} and {wd:g}")
+    for name, value in (
+        ("--batch-size", batch_size),
+        ("--checkpoint-every", checkpoint_every),
+        ("--max-examples", max_examples),
+        ("--eval-every", eval_every),
+    ):
+        if value is not None and value < 1:
+            raise fail(f"{name} must be at least 1, got {value}")
     request = TrainRequest(
         method=method,
         size=size,
@@ -268,9 +278,25 @@ def _sweep_config(
         base["search_budget"] = budget_label(search_budget)
     check_choice(calibration, ("measure", "paper-a100"), "calibration")
     check_choice(sampler, ("random", "tpe"), "sampler")
-    for name, value in (("--trials", trials), ("--cpus-per-trial", cpus_per_trial)):
+    for name, value in (
+        ("--trials", trials),
+        ("--cpus-per-trial", cpus_per_trial),
+        ("--batch-size", batch_size),
+    ):
         if value is not None and value < 1:
             raise fail(f"{name} must be at least 1, got {value}")
+    if max_retries < 0:
+        raise fail(f"--max-retries must be 0 or more, got {max_retries}")
+    if gpus_per_trial < 0:
+        raise fail(f"--gpus-per-trial must be 0 or more, got {gpus_per_trial}")
+    if gpus_per_trial > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise fail(
+                f"--gpus-per-trial {gpus_per_trial:g} but no CUDA device is visible here: "
+                "use --gpus-per-trial 0 (CPU), or --backend slurm to run on GPU nodes"
+            )
     if max_gpu_hours is not None and max_gpu_hours <= 0:
         raise fail(f"--max-gpu-hours must be positive, got {max_gpu_hours}")
     return SweepConfig(

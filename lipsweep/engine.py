@@ -21,16 +21,20 @@ from typing import Any
 
 import optuna
 import pandas as pd
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.text import Text
 
 from lipsweep.ledger import Ledger
 from lipsweep.results import partition_dir, read_attempts, write_attempt
+from lipsweep.status_command import status_table
 from lipsweep.sweep import (
     SEARCH_SPACE,
     CellPlan,
     PlannedTrial,
     SweepConfig,
     cell_name,
+    device_share,
     planned_trials,
 )
 
@@ -108,7 +112,13 @@ def finished_status(folder: Path, row: dict, attempt_id: str) -> str | None:
 
 def retry_seed(seed: int, attempt: int) -> int:
     """A new seed for a retried attempt, derived so a re-launch picks the same one."""
-    return seed if attempt == 0 else random.Random(f"{seed}/{attempt}").randrange(1000)
+    if attempt == 0:
+        return seed
+    draw = random.Random(f"{seed}/{attempt}")
+    new = draw.randrange(1000)
+    while new == seed:  # a retry must not repeat the run that went NaN
+        new = draw.randrange(1000)
+    return new
 
 
 def run_trial(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +194,8 @@ def attempt_row(trial: dict[str, Any], spec: Any, outcome: Any, attempt: int) ->
         ),
         "device_seconds": outcome.device_seconds,
         "gpus": gpus,
-        "gpu_hours": outcome.device_seconds * max(gpus, 1.0) / 3600,
+        "gpu_hours": outcome.device_seconds * device_share(gpus) / 3600,
+        "lipschitz_bound": outcome.lipschitz_bound,
         "device": device_name(torch.device(spec.device)),
         "versions": trial["versions"],
         "git_commit": trial["git_commit"],
@@ -206,6 +217,9 @@ def execute(
     names of concurrent jobs (one per cell) apart."""
     if not trials:
         return 0
+    # Tune's newer console output ignores verbose=0; the legacy reporter honours it, and
+    # `lipsweep status` shows progress instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
 
     resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
@@ -344,6 +358,15 @@ def examples_per_epoch(config: SweepConfig, dataset: str, stage: str) -> int:
     return min(count, config.max_examples) if config.max_examples else count
 
 
+def live_status(folder: Path) -> RenderableType:
+    """The status table, or a note while it cannot be read (never raises: it runs in the
+    refresh thread of the live display)."""
+    try:
+        return status_table(folder)
+    except Exception as error:  # a half-written folder must not stop the sweep
+        return Text(f"status unavailable: {error}")
+
+
 def run_sweep(
     config: SweepConfig,
     folder: Path,
@@ -374,8 +397,15 @@ def run_sweep(
         "" if cells is None else "-" + "+".join(sorted(cells)),
     )
     planned = planned_trials(config, plans)
-    run_search(context, [t for t in planned if t.stage == "search"], console)
-    run_finals(context, [t for t in planned if t.stage == "final"], console)
+    # A live per-cell table while trials run (refreshed from the sweep's files every 5 s).
+    with Live(
+        get_renderable=lambda: live_status(folder),
+        console=console,
+        refresh_per_second=0.2,
+        transient=True,
+    ):
+        run_search(context, [t for t in planned if t.stage == "search"], console)
+        run_finals(context, [t for t in planned if t.stage == "final"], console)
 
 
 def run_search(context: SweepContext, planned: list[PlannedTrial], console: Console) -> None:

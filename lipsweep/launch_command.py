@@ -97,8 +97,9 @@ def plan_table(config: SweepConfig, plans: list[CellPlan], devices: int) -> Tabl
     table = Table(title=f"sweep {config.sweep_id}: plan")
     table.add_column("cell")
     table.add_column("s/epoch", justify="right")
-    for label in (config.search_budget, *config.budgets):
-        table.add_column(f"epochs {label}", justify="right")
+    table.add_column(f"search epochs ({config.search_budget})", justify="right")
+    for label in config.budgets:
+        table.add_column(f"final epochs ({label})", justify="right")
     for plan in plans:
         epochs = [str(plan.epochs[b]) for b in (config.search_budget, *config.budgets)]
         table.add_row(
@@ -106,7 +107,7 @@ def plan_table(config: SweepConfig, plans: list[CellPlan], devices: int) -> Tabl
         )
     summary = summarize(config, trials, devices)
     table.caption = ", ".join(
-        f"{k}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()
+        f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()
     )
     return table
 

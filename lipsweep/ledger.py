@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +51,10 @@ class Ledger:
                 self.spent_hours() + self.reserved_hours() + hours <= self.cap_hours
             )
             if allowed:
-                (self.folder / f"{key}.json").write_text(json.dumps({"hours": hours}))
+                # Atomic: a crash mid-write must not leave a file that breaks every reserve.
+                temporary = self.folder / f".{key}.{os.getpid()}.tmp"
+                temporary.write_text(json.dumps({"hours": hours}))
+                os.replace(temporary, self.folder / f"{key}.json")
         try:
             yield allowed
         finally:

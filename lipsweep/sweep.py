@@ -70,6 +70,12 @@ class SweepConfig:
         return SweepConfig(**data)
 
 
+def device_share(gpus: float) -> float:
+    """Devices an attempt is charged for: its GPUs (0.5 when two trials share one GPU), or
+    one CPU slot when it runs without a GPU."""
+    return gpus if gpus > 0 else 1.0
+
+
 @dataclass(frozen=True)
 class PlannedTrial:
     """One trial the sweep will run (hyperparameters are filled in when it is asked)."""
@@ -88,7 +94,7 @@ class PlannedTrial:
         return f"{self.stage}-{self.dataset}-{self.size}-{self.method}-{self.budget}-t{self.index}"
 
     def device_hours(self, gpus: float) -> float:
-        return self.epochs * self.seconds_per_epoch * max(gpus, 1.0) / 3600
+        return self.epochs * self.seconds_per_epoch * device_share(gpus) / 3600
 
 
 @dataclass

@@ -108,6 +108,12 @@ def test_doctor_survives_missing_data_and_slurm(tmp_path: Path) -> None:
         (["launch", "--max-gpu-hours", "-1"], "--max-gpu-hours must be positive"),
         (["launch", "--backend", "ray"], "--backend ray needs --address"),
         (["rank"], "give a sweep folder"),
+        (["launch", "--gpus-per-trial", "-1"], "--gpus-per-trial must be 0 or more"),
+        (["launch", "--max-retries", "-1"], "--max-retries must be 0 or more"),
+        (["launch", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["train", "--method", "aol", "--lr", "0"], "--lr must be positive"),
+        (["train", "--method", "aol", "--checkpoint-every", "0"], "--checkpoint-every must be"),
+        (["train", "--method", "aol", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["rank", "--paper", "--top", "a,b"], "--top must be comma-separated integers"),
     ],
 )
@@ -196,3 +202,10 @@ def test_launch_refuses_a_cap_smaller_than_one_attempt(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "smaller than the cheapest attempt" in result.stderr
     assert not (out / "sweep.json").exists() and not (out / "results").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_launch_with_gpus_on_a_cpu_machine_is_refused(tmp_path: Path) -> None:
+    result = run("launch", "--preset", "quickstart", "--gpus-per-trial", "1", cwd=tmp_path)
+    assert result.returncode == 2 and "no CUDA device is visible" in result.stderr
+    assert list(tmp_path.iterdir()) == []

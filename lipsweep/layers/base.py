@@ -6,7 +6,9 @@ flow through the transform. In ``eval()`` it is computed once, without gradient,
 
 The cache is keyed on the identity and version counter of every parameter and buffer, so any
 in-place update (an optimizer step, ``load_state_dict``, ``copy_``) or a move with ``.to()``
-makes the next eval forward recompute it. ``train()`` and ``_apply`` (``.to``, ``.double``)
+makes the next eval forward recompute it. Writes through ``.data`` bypass the version counter:
+after such surgery call ``clear_cache()`` (every cached weight is a self-consistent snapshot, so a
+stale one is still 1-Lipschitz, only out of date). ``train()`` and ``_apply`` (``.to``, ``.double``)
 also drop it explicitly. A stale eval weight (the reference BCOP bug) cannot survive this.
 """
 

@@ -160,7 +160,9 @@ class CPLConv2d(CachedParametrization):
 
     def parametrize(self, training: bool, height: int, width: int) -> tuple[torch.Tensor, ...]:
         if not training:
-            return self.kernel, self.eval_scale(height, width)
+            # A copy of the kernel: the cached scale is only valid for the kernel it was
+            # computed from, even if the live one is edited behind the cache's back.
+            return self.kernel.detach().clone(), self.eval_scale(height, width)
         u = self.start_vector(height, width)
         u, v = self.training_vectors() if u is self.u else self.converged_vectors(u)
         sigma = (self.conv(u) * v).sum()  # gradient through K only; u, v are constants

@@ -69,7 +69,10 @@ class SLLConv2d(CachedParametrization):
         init_kernel_and_bias(self.kernel, self.bias)
 
     def parametrize(self, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.kernel, sll_rescaling(self.kernel, self.q)[:, None, None]
+        # The cached eval pair holds a copy of the kernel: the scale is only valid for the
+        # kernel it was computed from, even if the live one is edited behind the cache's back.
+        kernel = self.kernel if training else self.kernel.detach().clone()
+        return kernel, sll_rescaling(kernel, self.q)[:, None, None]
 
     def apply_weight(
         self, x: torch.Tensor, weight: tuple[torch.Tensor, torch.Tensor]

@@ -127,3 +127,22 @@ def test_runs_on_cuda(method: str) -> None:
     for mode in (True, False):
         layer.train(mode)
         assert layer(x).shape == x.shape
+
+
+@pytest.mark.parametrize("method", [m for m in ALL if m != "standard"])
+def test_cached_weight_stays_1_lipschitz_when_edited_behind_the_cache(method: str) -> None:
+    """``.data`` writes bypass the version counter: the cache may then be out of date, but it
+    must be a self-consistent snapshot (CPL/SLL: the scale and the kernel it belongs to)."""
+    from tests.layers.lipschitz_check import largest_singular_value
+    from tests.layers.test_lipschitz import TOLERANCE
+
+    layer = build(method)
+    layer.eval()
+    layer(torch.randn(1, 4, 8, 8, dtype=torch.float64))  # fill the cache
+    for parameter in layer.parameters():
+        parameter.data.mul_(3)
+    sigma, _ = largest_singular_value(layer, (4, 8, 8))
+    assert sigma <= 1 + TOLERANCE[method][1], f"{method}: stale cache gives sigma {sigma}"
+    layer.clear_cache()
+    sigma, _ = largest_singular_value(layer, (4, 8, 8))
+    assert sigma <= 1 + TOLERANCE[method][1]
