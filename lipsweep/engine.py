@@ -26,7 +26,7 @@ from rich.live import Live
 from rich.text import Text
 
 from lipsweep.ledger import Ledger
-from lipsweep.results import partition_dir, read_attempts, write_attempt
+from lipsweep.results import ended_for_good, partition_dir, read_attempts, write_attempt
 from lipsweep.status_command import status_table
 from lipsweep.sweep import (
     SEARCH_SPACE,
@@ -409,30 +409,85 @@ def run_sweep(
 
 
 def run_search(context: SweepContext, planned: list[PlannedTrial], console: Console) -> None:
+    """Ask every cell's study for its trials and run them. A random sampler is asked for all
+    trials at once; TPE in waves of as many trials as run at the same time, each wave told
+    before the next is asked, so it conditions on the results so far."""
     config, folder = context.config, context.folder
-    studies, pending, rows_by_cell = {}, [], {}
-    for dataset, size, method in config.cells():
-        cell = cell_name(dataset, size, method)
-        if cell not in context.plans:
-            continue
-        studies[cell] = open_study(config, folder, cell)
-        asked = ask_trials(studies[cell], config.trials)
-        cell_trials = [
-            t for t in planned if (t.dataset, t.size, t.method) == (dataset, size, method)
+    studies = {
+        cell: open_study(config, folder, cell)
+        for cell in (cell_name(*key) for key in config.cells())
+        if cell in context.plans
+    }
+    wave = config.trials if config.sampler == "random" else concurrent_slots(config)
+    asked = 0
+    while asked < config.trials:
+        asked = min(config.trials, asked + wave)
+        rows = {
+            cell: search_rows(context, planned, study, cell, asked)
+            for cell, study in studies.items()
+        }
+        pending = [
+            row
+            for cell_rows in rows.values()
+            for row in cell_rows
+            if not trial_ended(folder, row, config.max_retries)
         ]
-        rows_by_cell[cell] = []
-        for trial, plan in zip(asked, cell_trials, strict=True):
-            parameters = context.trial_parameters(
-                plan, trial.params["lr"], trial.params["weight_decay"], trial.params["seed"]
-            )
-            parameters["number"] = trial.number
-            rows_by_cell[cell].append(parameters)
-            pending.append(parameters)
-    console.print(f"search: {len(pending)} trials over {len(studies)} cells")
-    report_cap(execute(pending, config, folder, "search", context.tag), config, console)
-    attempts = read_attempts(folder)
-    for cell, study in studies.items():
-        tell_results(study, attempts, rows_by_cell[cell])
+        console.print(f"search: {len(pending)} trials to run over {len(studies)} cells")
+        report_cap(execute(pending, config, folder, "search", context.tag), config, console)
+        attempts = read_attempts(folder)
+        for cell, study in studies.items():
+            tell_results(study, attempts, rows[cell])
+
+
+def search_rows(
+    context: SweepContext, planned: list[PlannedTrial], study: optuna.Study, cell: str, wanted: int
+) -> list[dict[str, Any]]:
+    """Trainable parameters of the cell's first ``wanted`` trials (asking new ones)."""
+    cell_trials = [t for t in planned if cell_name(t.dataset, t.size, t.method) == cell]
+    rows = []
+    for trial, plan in zip(ask_trials(study, wanted), cell_trials, strict=False):
+        p = trial.params
+        parameters = context.trial_parameters(plan, p["lr"], p["weight_decay"], p["seed"])
+        parameters["number"] = trial.number
+        rows.append(parameters)
+    return rows
+
+
+def trial_ended(folder: Path, row: dict[str, Any], max_retries: int) -> bool:
+    """Whether a trial needs no more attempts (its Parquet rows say so)."""
+    for attempt in range(max_retries + 1):
+        status = finished_status(folder, row, f"{row['trial_id']}-a{attempt}")
+        if status is None:
+            return False
+        if status != "nan":
+            return True
+    return True
+
+
+def concurrent_slots(config: SweepConfig) -> int:
+    """How many trials Ray can run at once with this sweep's resources per trial."""
+    import ray
+
+    resources = ray.cluster_resources()
+    if config.gpus_per_trial > 0:
+        return max(1, int(resources.get("GPU", 0) / config.gpus_per_trial))
+    return max(1, int(resources.get("CPU", 1) / config.cpus_per_trial))
+
+
+def ended_search_trials(
+    attempts: pd.DataFrame, config: SweepConfig, dataset: str, size: str, method: str
+) -> int:
+    """Search trials of a cell that ended for good: completed, failed, out of memory, or NaN
+    with every retry used."""
+    if attempts.empty:
+        return 0
+    mine = attempts[
+        (attempts["stage"] == "search")
+        & (attempts["dataset"] == dataset)
+        & (attempts["size"] == size)
+        & (attempts["method"] == method)
+    ]
+    return len(ended_for_good(mine, config.max_retries))
 
 
 def run_finals(context: SweepContext, planned: list[PlannedTrial], console: Console) -> None:
@@ -440,6 +495,14 @@ def run_finals(context: SweepContext, planned: list[PlannedTrial], console: Cons
     attempts = read_attempts(context.folder)
     pending = []
     for trial in planned:
+        ended = ended_search_trials(attempts, config, trial.dataset, trial.size, trial.method)
+        if ended < config.trials:  # selecting now could pick other hyperparameters later
+            console.print(
+                f"[yellow]{trial.dataset}-{trial.size}-{trial.method}: search incomplete "
+                f"({ended} of {config.trials} trials ended), no final run yet: "
+                "`lipsweep resume` finishes it[/]"
+            )
+            continue
         best = select_best(attempts, trial.dataset, trial.size, trial.method)
         if best is None:
             console.print(

@@ -16,8 +16,10 @@ from lipsweep.sweep import (
     SweepConfig,
     check_cap,
     check_epochs,
+    load_plan,
     plan_cell,
     planned_trials,
+    save_plan,
     summarize,
 )
 from lipsweep.train_command import check_writable
@@ -73,7 +75,7 @@ def existing_config(config: SweepConfig, out: Path) -> SweepConfig:
     return stored
 
 
-def make_plans(config: SweepConfig, console: Console) -> list[CellPlan]:
+def make_plans(config: SweepConfig, console: Console, out: Path | None = None) -> list[CellPlan]:
     """Calibrate every cell. A cell the paper's A100 table has no epochs for (LOT-L: it did
     not fit in 80 GB) is left out with a note, as the paper left it out."""
     from lipsweep.measure import CalibrationError
@@ -83,6 +85,10 @@ def make_plans(config: SweepConfig, console: Console) -> list[CellPlan]:
     with console.status("calibrating cells...") as status:
         for dataset, size, method in config.cells():
             status.update(f"calibrating {method}-{size} on {dataset} ({config.calibration})")
+            stored = load_plan(out, dataset, size, method) if out is not None else None
+            if stored is not None:  # a resumed sweep keeps the epochs it started with
+                plans.append(stored)
+                continue
             try:
                 plans.append(plan_cell(config, dataset, size, method, device))
             except CalibrationError as error:
@@ -114,7 +120,7 @@ def plan_table(config: SweepConfig, plans: list[CellPlan], devices: int) -> Tabl
 
 def validated_plans(config: SweepConfig, out: Path, console: Console) -> list[CellPlan]:
     check_inputs(config, out)
-    plans = make_plans(config, console)
+    plans = make_plans(config, console, out)
     trials = planned_trials(config, plans)
     check_epochs(trials)
     check_cap(config, trials)
@@ -130,6 +136,8 @@ def launch(config: SweepConfig, out: Path, address: str | None, console: Console
     config = existing_config(config, out)
     plans = validated_plans(config, out, console)
     config.save(out)
+    for plan in plans:
+        save_plan(out, plan)
     devices = int(os.cpu_count() or 1)
     console.print(plan_table(config, plans, devices))
     started_here = not ray.is_initialized()

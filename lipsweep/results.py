@@ -163,3 +163,13 @@ def read_history(*roots: Path) -> pd.DataFrame:
     return frame.drop_duplicates(["sweep", "attempt_id", "epoch"], keep="last").reset_index(
         drop=True
     )
+
+
+def ended_for_good(attempts: pd.DataFrame, max_retries: int) -> pd.DataFrame:
+    """The last attempt of each trial that will not run again: completed, failed, out of
+    memory, or NaN with every retry used."""
+    last = attempts.sort_values("attempt").drop_duplicates("trial_id", keep="last")
+    over = last["status"].isin(("completed", "failed", "oom")) | (
+        (last["status"] == "nan") & (last["attempt"] >= max_retries)
+    )
+    return last[over]

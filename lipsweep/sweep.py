@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -108,6 +109,25 @@ class CellPlan:
 
 def cell_name(dataset: str, size: str, method: str) -> str:
     return f"{dataset}-{size}-{method}"
+
+
+def plan_path(folder: Path, dataset: str, size: str, method: str) -> Path:
+    return folder / "plans" / f"{cell_name(dataset, size, method)}.json"
+
+
+def save_plan(folder: Path, plan: CellPlan) -> None:
+    """Keep a cell's plan for the sweep's life: a resume or a requeue on other hardware must
+    train the epochs the sweep started with (a checkpoint's schedule depends on them)."""
+    path = plan_path(folder, plan.dataset, plan.size, plan.method)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(asdict(plan)))
+    os.replace(temporary, path)
+
+
+def load_plan(folder: Path, dataset: str, size: str, method: str) -> CellPlan | None:
+    path = plan_path(folder, dataset, size, method)
+    return CellPlan(**json.loads(path.read_text())) if path.exists() else None
 
 
 def plan_cell(config: SweepConfig, dataset: str, size: str, method: str, device: str) -> CellPlan:

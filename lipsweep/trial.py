@@ -157,6 +157,12 @@ class Attempt:
         if not path.exists():
             return False
         state = torch.load(path, map_location=self.device, weights_only=True)
+        planned = state["scheduler"].get("total_steps")
+        if planned is not None and planned != max(self.spec.epochs, 1):
+            raise ValueError(
+                f"the checkpoint in {self.workdir} was planned for {planned} epochs, this "
+                f"attempt for {self.spec.epochs}: resume with the sweep's stored plan"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -241,3 +241,29 @@ def test_sigkill_driver_mid_sweep_then_resume_runs_every_attempt_once(tmp_path: 
     assert (kept.values == before.set_index("attempt_id")["ended_at"].values).all()
     files = list((out / "results" / "attempts").rglob("*.parquet"))
     assert len(files) == len(attempts)
+
+
+def test_a_stored_plan_is_reused_instead_of_recalibrating(tmp_path: Path) -> None:
+    """A resume (or requeue on other hardware) must train the epochs the sweep started with."""
+    from lipsweep.launch_command import make_plans
+    from lipsweep.sweep import CellPlan, save_plan
+
+    stored = CellPlan("digits", "XS", "aol", 123.0, {"1h": 7})
+    save_plan(tmp_path, stored)
+    config = replace(CONFIG, methods=("aol",), max_epochs=None)
+    assert make_plans(config, QUIET, tmp_path) == [stored]
+
+
+def test_tpe_asks_each_wave_after_telling_the_last(tmp_path: Path, ray_session) -> None:
+    """With one trial at a time, TPE's second trial is asked only once the first is told."""
+    config = replace(
+        CONFIG, methods=("aol",), sampler="tpe", cpus_per_trial=2, max_epochs=1, trials=2
+    )
+    launch(config, tmp_path, None, QUIET)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal"))
+    )
+    first, second = optuna.load_study(study_name="t/digits-XS-aol", storage=storage).trials
+    assert first.state.name == second.state.name == "COMPLETE"
+    assert second.datetime_start >= first.datetime_complete
+    assert len(read_attempts(tmp_path)) == 3

@@ -156,3 +156,9 @@ def test_sigkill_then_resume_completes_with_a_consistent_history(tmp_path: Path)
         assert resumed_row["train_loss"] == pytest.approx(straight_row["train_loss"], rel=1e-5)
     assert result["metrics"]["accuracy"] == pytest.approx(uninterrupted.metrics["accuracy"])
     assert result["device_seconds"] >= sum(r["train_seconds"] for r in result["history"])
+
+
+def test_a_checkpoint_from_another_plan_is_refused(tmp_path: Path) -> None:
+    assert run_attempt(replace(DIGITS, epochs=2), tmp_path).status == "completed"
+    outcome = run_attempt(replace(DIGITS, epochs=3), tmp_path)
+    assert outcome.status == "failed" and "planned for 2 epochs" in outcome.error

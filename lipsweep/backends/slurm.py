@@ -26,7 +26,7 @@ from typing import Any
 
 from rich.console import Console
 
-from lipsweep.sweep import CellPlan, SweepConfig, cell_name
+from lipsweep.sweep import CellPlan, SweepConfig, cell_name, load_plan, save_plan
 
 JOBS_FILE = "jobs.json"
 
@@ -173,9 +173,13 @@ class CellJob:
         from lipsweep.sweep import check_epochs, plan_cell, planned_trials
 
         dataset, size, method = self.cell_key()
+        stored = load_plan(self.out, dataset, size, method)
+        if stored is not None:  # a requeued job keeps the epochs the cell started with
+            return stored
         device = "cuda" if self.config.gpus_per_trial > 0 else "cpu"
         plan = plan_cell(self.config, dataset, size, method, device)
         check_epochs(planned_trials(self.config, [plan]))
+        save_plan(self.out, plan)
         return plan
 
     def cell_key(self) -> tuple[str, str, str]:
@@ -245,17 +249,13 @@ def alive_cells(out: Path) -> set[str]:
 def finished_cells(config: SweepConfig, out: Path) -> set[str]:
     """Cells whose every final run has ended for good (completed, failed, out of memory, or
     NaN with its retries used up): a relaunch need not start a job for them."""
-    from lipsweep.results import read_attempts
+    from lipsweep.results import ended_for_good, read_attempts
 
     attempts = read_attempts(out)
     if attempts.empty:
         return set()
-    finals = attempts[attempts["stage"] == "final"]
-    last = finals.sort_values("attempt").drop_duplicates("trial_id", keep="last")
-    over = last["status"].isin(("completed", "failed", "oom")) | (
-        (last["status"] == "nan") & (last["attempt"] >= config.max_retries)
-    )
-    ended = last[over].groupby(["dataset", "size", "method"])["budget"].nunique()
+    finals = ended_for_good(attempts[attempts["stage"] == "final"], config.max_retries)
+    ended = finals.groupby(["dataset", "size", "method"])["budget"].nunique()
     return {cell_name(*key) for key, count in ended.items() if count == len(config.budgets)}
 
 
@@ -317,6 +317,9 @@ def launch_slurm(
         calibrated = validated_plans(config, out, console)
         plans = {cell_name(p.dataset, p.size, p.method): p for p in calibrated}
     config.save(out)
+    for plan in plans.values():
+        if plan is not None:
+            save_plan(out, plan)
     submitted = submit_sweep(config, out, plans, options)
     for cell, job_id in submitted.items():
         console.print(f"{cell}: SLURM job {job_id}")
