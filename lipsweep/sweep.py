@@ -61,6 +61,7 @@ class SweepConfig:
         return list(itertools.product(self.datasets, self.sizes, self.methods))
 
     def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / "sweep.json").write_text(json.dumps(asdict(self), indent=1))
 
     @staticmethod

@@ -142,15 +142,14 @@ def result_table(status: str, metrics: dict[str, float], device_seconds: float) 
 
 
 def check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(
-            f"cannot write to {folder}: {error.strerror}; choose another --out"
-        ) from None
+    """Fail early, creating nothing, if ``folder`` could not be created or written: the
+    nearest existing folder on its path must be a writable directory."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        reason = "not a folder" if not existing.is_dir() else "not writable"
+        raise ValueError(f"cannot write to {folder}: {existing} is {reason}; choose another --out")
 
 
 def write_json(path: Path, data: dict) -> None:
