@@ -162,3 +162,19 @@ def test_a_checkpoint_from_another_plan_is_refused(tmp_path: Path) -> None:
     assert run_attempt(replace(DIGITS, epochs=2), tmp_path).status == "completed"
     outcome = run_attempt(replace(DIGITS, epochs=3), tmp_path)
     assert outcome.status == "failed" and "planned for 2 epochs" in outcome.error
+
+
+def test_the_unconstrained_standard_conv_certifies_nothing() -> None:
+    """A standard conv has no Lipschitz bound during training: certificates use L = inf."""
+    from lipsweep.certify import evaluate
+    from lipsweep.trial import assumed_lipschitz
+
+    assert assumed_lipschitz(replace(DIGITS, method="standard")) == float("inf")
+    assert assumed_lipschitz(DIGITS) == 1.0
+    logits = torch.tensor([[5.0, 0.0], [0.0, 5.0], [3.0, 0.0]])
+    labels = torch.tensor([0, 1, 1])
+    with_bound = evaluate(torch.nn.Identity(), [(logits, labels)], lipschitz=1.0)
+    without = evaluate(torch.nn.Identity(), [(logits, labels)], lipschitz=float("inf"))
+    assert with_bound["cra_36"] == pytest.approx(2 / 3)
+    assert without["accuracy"] == with_bound["accuracy"] == pytest.approx(2 / 3)
+    assert without["cra_36"] == without["cra_255"] == 0.0
