@@ -267,3 +267,39 @@ def test_tpe_asks_each_wave_after_telling_the_last(tmp_path: Path, ray_session) 
     assert first.state.name == second.state.name == "COMPLETE"
     assert second.datetime_start >= first.datetime_complete
     assert len(read_attempts(tmp_path)) == 3
+
+
+def test_backend_ray_joins_an_existing_cluster(tmp_path: Path, ray_session) -> None:
+    """A second driver process runs the sweep on this test session's Ray cluster."""
+    address = ray_session.get_runtime_context().gcs_address
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LIPSWEEP_CACHE": str(tmp_path / "cache")}
+    command = [
+        sys.executable,
+        "-m",
+        "lipsweep",
+        "launch",
+        "--backend",
+        "ray",
+        "--address",
+        address,
+        "--datasets",
+        "digits",
+        "--sizes",
+        "XS",
+        "--methods",
+        "aol",
+        "--trials",
+        "1",
+        "--search-budget",
+        "2s",
+        "--budget",
+        "2s",
+        "--out",
+        str(tmp_path / "sweep"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Connecting to existing Ray cluster" in result.stderr
+    attempts = read_attempts(tmp_path / "sweep")
+    assert sorted(attempts["stage"]) == ["final", "search"]
+    assert set(attempts["status"]) == {"completed"}
