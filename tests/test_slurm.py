@@ -32,22 +32,12 @@ from lipsweep.launch_command import launch
 from lipsweep.results import read_attempts
 from lipsweep.status_command import status_table
 from lipsweep.sweep import SweepConfig
+from tests.test_sweep import CONFIG as SWEEP_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "cluster" / "slurm-single-node.sh"
 QUIET = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives for the session
-CONFIG = SweepConfig(
-    sweep_id="s",
-    datasets=("digits",),
-    sizes=("XS",),
-    methods=("aol", "sll"),
-    budgets=("1h",),
-    trials=2,
-    search_budget="1h",
-    max_epochs=2,
-    batch_size=256,
-    checkpoint_every_epochs=1,
-)
+CONFIG = replace(SWEEP_CONFIG, sweep_id="s")  # the local sweep tests' config, another id
 OPTIONS = SlurmOptions(cpus_per_task=1, time="20:00")
 COMPARED = ["attempt_id", "trial_id", "stage", "lr", "weight_decay", "seed", "status"]
 
