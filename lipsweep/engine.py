@@ -83,13 +83,17 @@ def ask_trials(study: optuna.Study, wanted: int) -> list[optuna.trial.FrozenTria
     return sorted(study.trials, key=lambda t: t.number)[:wanted]
 
 
-def tell_results(study: optuna.Study, attempts: pd.DataFrame, stage_rows: list[dict]) -> None:
-    """Report each finished search trial's validation CRA (or failure) to its study."""
+def tell_results(
+    study: optuna.Study, attempts: pd.DataFrame, stage_rows: list[dict], max_retries: int
+) -> None:
+    """Report each search trial that ended for good to its study: its validation CRA, or a
+    failure. A NaN trial with retries left is not told yet."""
+    ended = ended_for_good(attempts, max_retries) if not attempts.empty else attempts
     for row in stage_rows:
-        done = attempts[(attempts["trial_id"] == row["trial_id"])] if not attempts.empty else None
+        done = ended[ended["trial_id"] == row["trial_id"]] if not ended.empty else None
         if done is None or done.empty:
             continue
-        last = done.sort_values("attempt").iloc[-1]
+        last = done.iloc[-1]
         trial = study.trials[row["number"]]
         if trial.state != optuna.trial.TrialState.RUNNING:
             continue
@@ -436,7 +440,7 @@ def run_search(context: SweepContext, planned: list[PlannedTrial], console: Cons
         report_cap(execute(pending, config, folder, "search", context.tag), config, console)
         attempts = read_attempts(folder)
         for cell, study in studies.items():
-            tell_results(study, attempts, rows[cell])
+            tell_results(study, attempts, rows[cell], config.max_retries)
 
 
 def search_rows(
