@@ -238,7 +238,7 @@ def test_sigkill_driver_mid_sweep_then_resume_runs_every_attempt_once(tmp_path: 
     assert set(attempts["status"]) == {"completed"}
     # Attempts finished before the kill were not run again.
     kept = attempts.set_index("attempt_id").loc[before["attempt_id"], "ended_at"]
-    assert (kept.values == before.set_index("attempt_id")["ended_at"].values).all()
+    assert kept.tolist() == before.set_index("attempt_id")["ended_at"].tolist()
     files = list((out / "results" / "attempts").rglob("*.parquet"))
     assert len(files) == len(attempts)
 
