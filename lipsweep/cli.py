@@ -289,14 +289,6 @@ def _sweep_config(
         raise fail(f"--max-retries must be 0 or more, got {max_retries}")
     if gpus_per_trial < 0:
         raise fail(f"--gpus-per-trial must be 0 or more, got {gpus_per_trial}")
-    if gpus_per_trial > 0:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise fail(
-                f"--gpus-per-trial {gpus_per_trial:g} but no CUDA device is visible here: "
-                "use --gpus-per-trial 0 (CPU), or --backend slurm to run on GPU nodes"
-            )
     if max_gpu_hours is not None and max_gpu_hours <= 0:
         raise fail(f"--max-gpu-hours must be positive, got {max_gpu_hours}")
     return SweepConfig(
@@ -396,6 +388,14 @@ def launch(
     check_choice(backend, ("local", "ray", "slurm"), "backend")
     if backend == "ray" and not address:
         raise fail("--backend ray needs --address HOST:PORT of a running Ray cluster")
+    if backend == "local" and gpus_per_trial > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise fail(
+                f"--gpus-per-trial {gpus_per_trial:g} but no CUDA device is visible here: "
+                "use --gpus-per-trial 0 (CPU), or --backend slurm to run on GPU nodes"
+            )
     config = _sweep_config(
         preset,
         out,
