@@ -31,9 +31,9 @@ def block_orth(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     (P + (I - P) z1)(Q + (I - Q) z2) (BCOP paper, Eq. 6).
     """
     eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
-    p_c, q_c = eye - p, eye - q
-    first = torch.stack((p @ q, p @ q_c), dim=-3)
-    second = torch.stack((p_c @ q, p_c @ q_c), dim=-3)
+    pq = p @ q  # the one product: P(I-Q) = P - PQ, (I-P)Q = Q - PQ, (I-P)(I-Q) = I - P - Q + PQ
+    first = torch.stack((pq, p - pq), dim=-3)
+    second = torch.stack((q - pq, eye - p - q + pq), dim=-3)
     return torch.stack((first, second), dim=-4)
 
 
@@ -66,10 +66,10 @@ def bcop_kernel(orthogonal: torch.Tensor, kernel_size: int) -> torch.Tensor:
     halves = orthogonal[1:, :, : orthogonal.shape[-1] // 2]
     projectors = halves @ halves.mT
     blocks = block_orth(projectors[0::2], projectors[1::2])  # (k - 1, 2, 2, c, c)
-    taps = blocks[0]
+    taps = head @ blocks[0]  # H (A * B) = (H A) * B: 4 products instead of k^2
     for block in blocks[1:]:
         taps = matrix_conv(taps, block)
-    return (head @ taps).permute(2, 3, 0, 1)
+    return taps.permute(2, 3, 0, 1).contiguous()  # contiguous: conv2d would copy it per call
 
 
 def circular_pad(x: torch.Tensor, before: int, after: int) -> torch.Tensor:

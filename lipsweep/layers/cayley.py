@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsweep.layers.base import CachedParametrization, require_square
-from lipsweep.layers.numerics import cayley_transform, complex_dtype, kernel_spectrum
+from lipsweep.layers.numerics import (
+    cayley_transform,
+    complex_dtype,
+    kernel_spectrum,
+    map_rfft_grid,
+    spectral_matmul,
+)
 
 
 class CayleyConv2d(CachedParametrization):
@@ -50,7 +56,8 @@ class CayleyConv2d(CachedParametrization):
         if not training:
             weight, alpha = weight.double(), alpha.double()
         spectrum = kernel_spectrum(weight, height, width, onesided=True)
-        q = cayley_transform(alpha * spectrum / weight.norm())
+        scale = alpha / weight.norm()  # a scalar first: backward keeps one grid, not two
+        q = map_rfft_grid(lambda s: cayley_transform(s * scale), spectrum, width)
         return q.to(complex_dtype(self.weight.dtype))
 
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -99,6 +106,4 @@ def conv_default_init(weight: nn.Parameter, bias: nn.Parameter) -> None:
 
 def fft_conv2d(x: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
     """Circular convolution of x (B, C, H, W) given its rfft-grid matrices (H, W // 2 + 1, O, C)."""
-    x_hat = torch.fft.rfft2(x)
-    y_hat = torch.einsum("uvoi,biuv->bouv", spectrum, x_hat)
-    return torch.fft.irfft2(y_hat, s=x.shape[-2:])
+    return torch.fft.irfft2(spectral_matmul(spectrum, torch.fft.rfft2(x)), s=x.shape[-2:])

@@ -165,7 +165,12 @@ class CPLConv2d(CachedParametrization):
             return self.kernel.detach().clone(), self.eval_scale(height, width)
         u = self.start_vector(height, width)
         u, v = self.training_vectors() if u is self.u else self.converged_vectors(u)
-        sigma = (self.conv(u) * v).sum()  # gradient through K only; u, v are constants
+        # sigma = <K u, v> is linear in K for constant u, v: sigma = <K, G> with G its
+        # gradient (the weight gradient of the conv), so backward keeps G (c^2 k^2), not u, v.
+        with torch.no_grad():
+            padding = self.kernel_size // 2
+            gradient = torch.nn.grad.conv2d_weight(u, self.kernel.shape, v, padding=padding)
+        sigma = (self.kernel * gradient).sum()
         return self.kernel, 2 / (sigma**2 + EPS)
 
     def apply_weight(self, x: torch.Tensor, weight: tuple[torch.Tensor, ...]) -> torch.Tensor:

@@ -9,7 +9,8 @@ map compressed to the image: 1-Lipschitz, and orthogonal for k = 1 (no padding).
 
 Speed (the same map as the paper's full ``fft2`` code, about half the work): a real kernel's
 spectrum is Hermitian, V(-f) = conj(V(f)), and so is W_orth, so only the W // 2 + 1 columns of
-``rfft2`` are orthogonalised and the output is ``irfft2``. Every Newton-Schulz factor is a
+``rfft2`` are orthogonalised (fewer still: ``map_rfft_grid`` skips the conjugate pairs inside
+that grid) and the output is ``irfft2``. Every Newton-Schulz factor is a
 Hermitian matrix, so their products use ``hermitian_matmul``, whose backward multiplies by the
 factors themselves instead of their conjugate transposes (PyTorch's CPU batched matmul is
 several times slower on conjugated operands).
@@ -24,7 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsweep.layers.base import CachedParametrization, require_square
-from lipsweep.layers.numerics import complex_dtype, kernel_spectrum
+from lipsweep.layers.numerics import (
+    complex_dtype,
+    kernel_spectrum,
+    map_rfft_grid,
+    spectral_matmul,
+)
 
 EPSILON = 1e-4  # regulariser of S and of its norm, as in the paper's code
 ITERATIONS = 10  # Newton-Schulz steps, training and eval
@@ -56,15 +62,18 @@ def newton_schulz_hermitian(matrices: torch.Tensor, iterations: int) -> torch.Te
     """S^{-1/2} by the coupled Newton-Schulz iteration of LOT (as ``numerics.
     newton_schulz_inverse_sqrt``): Y_0 = S, Z_0 = I; T = (3I - Z Y) / 2, Y <- Y T, Z <- T Z.
 
-    The first step (Z = I) is done without products; all factors are Hermitian polynomials
-    in S, hence ``hermitian_matmul``.
+    The first step (Z = I) is done without products, the last Y (unused) is not formed; all
+    factors are Hermitian polynomials in S, hence ``hermitian_matmul``. T is one fused
+    1.5 I - 0.5 Z Y (one pass over the matrices, forward and backward).
     """
-    eye = torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device)
-    t = 0.5 * (3 * eye - matrices)
+    half_3i = 1.5 * torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device)
+    t = torch.add(half_3i, matrices, alpha=-0.5)
     y, z = hermitian_matmul(matrices, t), t
-    for _ in range(iterations - 1):
-        t = 0.5 * (3 * eye - hermitian_matmul(z, y))
-        y, z = hermitian_matmul(y, t), hermitian_matmul(t, z)
+    for step in range(1, iterations):
+        t = torch.add(half_3i, hermitian_matmul(z, y), alpha=-0.5)
+        z = hermitian_matmul(t, z)
+        if step + 1 < iterations:
+            y = hermitian_matmul(y, t)
     return z
 
 
@@ -106,8 +115,9 @@ class LOTConv2d(CachedParametrization):
         weight = self.weight if training else self.weight.double()
         if self.kernel_size == 1:
             return orthogonalize(weight[:, :, 0, 0]).to(self.weight.dtype)
-        v = kernel_spectrum(weight, height + 2 * self.padding, width + 2 * self.padding, True)
-        return orthogonalize(v).to(complex_dtype(self.weight.dtype))
+        padded_width = width + 2 * self.padding
+        v = kernel_spectrum(weight, height + 2 * self.padding, padded_width, True)
+        return map_rfft_grid(orthogonalize, v, padded_width).to(complex_dtype(self.weight.dtype))
 
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if not weight.is_complex():  # k = 1: the same matrix at every pixel
@@ -115,9 +125,7 @@ class LOTConv2d(CachedParametrization):
         p = self.padding
         height, width = x.shape[-2:]
         padded = F.pad(x, (p, p, p, p))
-        x_hat = torch.fft.rfft2(padded)
-        y_hat = torch.einsum("uvoi,biuv->bouv", weight, x_hat)
-        y = torch.fft.irfft2(y_hat, s=padded.shape[-2:])
+        y = torch.fft.irfft2(spectral_matmul(weight, torch.fft.rfft2(padded)), s=padded.shape[-2:])
         return y[..., p : p + height, p : p + width] + self.bias[:, None, None]
 
     def extra_repr(self) -> str:

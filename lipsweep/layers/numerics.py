@@ -8,9 +8,12 @@ steps).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def matrix_power_iteration(
@@ -53,13 +56,51 @@ def bjorck_orthonormalize(
         # u (..., n) lives on the column side of the (possibly transposed) matrix.
         scale, _, _ = matrix_power_iteration(w.detach(), u, power_iterations)
     w = w / scale[..., None, None].clamp_min(1e-12)
-    # Each step as one fused 1.5 W - 0.5 W (W^T W) on a 3-D batch (baddbmm): no identity,
-    # no (n, n) temporaries beyond W^T W; about 10-30% faster than W @ (1.5 I - 0.5 W^T W).
     batch = w.reshape(-1, *w.shape[-2:])
-    for _ in range(iterations):
-        batch = torch.baddbmm(batch, batch, batch.mT @ batch, beta=1.5, alpha=-0.5)
+    if torch.is_grad_enabled() and batch.requires_grad:
+        batch = _BjorckSteps.apply(batch, iterations)
+    else:
+        batch = _bjorck_steps(batch, iterations)
     w = batch.reshape(w.shape)
     return w.mT if transpose else w
+
+
+def _bjorck_steps(
+    batch: torch.Tensor, iterations: int, iterates: list[torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Bjorck steps on a 3-D batch, each one fused 1.5 W - 0.5 W (W^T W) (baddbmm): no
+    identity, no (n, n) temporaries beyond W^T W. Appends every step's input to ``iterates``."""
+    for _ in range(iterations):
+        if iterates is not None:
+            iterates.append(batch)
+        batch = torch.baddbmm(batch, batch, batch.mT @ batch, beta=1.5, alpha=-0.5)
+    return batch
+
+
+class _BjorckSteps(torch.autograd.Function):
+    """Bjorck steps whose backward keeps one matrix per step (the step's input W) and
+    recomputes G = W^T W, where autograd would keep W and G.
+
+    For W' = 1.5 W - 0.5 W G with G = W^T W (symmetric) and upstream gradient g:
+    grad_W = 1.5 g - 0.5 g G - 0.5 W (W^T g + g^T W). That is 4 products per step, as many
+    as autograd's backward (G's symmetry pays for recomputing it), at half the memory.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, batch: torch.Tensor, iterations: int) -> torch.Tensor:
+        iterates: list[torch.Tensor] = []
+        out = _bjorck_steps(batch, iterations, iterates)
+        ctx.save_for_backward(*iterates)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        for w in reversed(ctx.saved_tensors):
+            gram, inner = w.mT @ w, w.mT @ grad
+            grad = torch.baddbmm(grad, grad, gram, beta=1.5, alpha=-0.5)
+            grad = grad.baddbmm_(w, inner + inner.mT, alpha=-0.5)
+        return grad, None
 
 
 def complex_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -99,15 +140,92 @@ def kernel_spectrum(weight: torch.Tensor, height: int, width: int, onesided: boo
     return torch.einsum("oiab,ua,vb->uvoi", weight.to(dtype), rows, cols)
 
 
+def map_rfft_grid(
+    function: Callable[[torch.Tensor], torch.Tensor], grid: torch.Tensor, width: int
+) -> torch.Tensor:
+    """``function`` of every frequency's matrix of an rfft grid (H, W // 2 + 1, ...) of a real
+    kernel on H x ``width``, evaluated only at the frequencies that are not conjugates of others.
+
+    The spectrum of a real kernel has X(-u, -v) = conj X(u, v); inside the rfft grid this pairs
+    the rows u and H - u of the columns v = 0 and v = W / 2 (W even). ``function`` (batched over
+    the leading dimension) must commute with conjugation, as products, sums, real scalings,
+    inverses and real norms do; the paired rows are then the conjugates of their partners, so
+    this is the same map at 5-17% less work (more on small grids, e.g. a 6 x 4 grid has 20
+    independent frequencies of 24).
+    """
+    height, columns = grid.shape[:2]
+    # Under torch.compile the index tables are traced (constants); eager calls hit the cache.
+    tables = _rfft_independent.__wrapped__ if torch.compiler.is_compiling() else _rfft_independent
+    kept, source, conjugated = tables(height, width, grid.device)
+    out = function(grid.flatten(0, 1)[kept])[source]
+    conjugated = conjugated.view(-1, *[1] * (out.dim() - 1))
+    return torch.where(conjugated, out.conj(), out).view(height, columns, *out.shape[1:])
+
+
+@functools.lru_cache(maxsize=64)
+def _rfft_independent(
+    height: int, width: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(kept, source, conjugated) for ``map_rfft_grid``: the flat indices of the independent
+    frequencies, for every frequency the position of its value among them, and whether it
+    is the conjugate of that value. Built once per grid and device (no device sync later)."""
+    columns = width // 2 + 1
+    u = torch.arange(height)[:, None].expand(height, columns)
+    v = torch.arange(columns)[None, :].expand(height, columns)
+    mirror = (-u) % height
+    edge = (v == 0) | (2 * v == width)
+    conjugated = edge & (u > mirror)
+    partner = torch.where(conjugated, mirror * columns + v, u * columns + v).flatten()
+    kept = torch.arange(height * columns)[~conjugated.flatten()]
+    position = torch.empty(height * columns, dtype=torch.long)
+    position[kept] = torch.arange(len(kept))
+    return kept.to(device), position[partner].to(device), conjugated.flatten().to(device)
+
+
+def spectral_matmul(weight: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """y_hat(f) = W(f) x_hat(f) at every frequency: weight (U, V, O, I), x_hat (B, I, U, V),
+    returns (B, O, U, V), contiguous.
+
+    ``einsum("uvoi,biuv->bouv")`` hands bmm matrices without a unit stride (x_hat's (I, B),
+    and in backward the gradient's (O, B)), which bmm then clones one frequency at a time.
+    Here each is copied once into (U V, ., B): x_hat forward, the gradient in backward
+    (``_ContiguousGradient``); a contiguous y_hat is also cheaper to irfft.
+    """
+    u, v, o, i = weight.shape
+    b = x_hat.shape[0]
+    x = x_hat.permute(2, 3, 1, 0).reshape(u * v, i, b).contiguous()  # reshape alone: a view
+    y = _ContiguousGradient.apply(weight.reshape(u * v, o, i) @ x)
+    return y.view(u, v, o, b).permute(3, 2, 0, 1).contiguous()
+
+
+class _ContiguousGradient(torch.autograd.Function):
+    """The identity; its backward hands on the gradient contiguous (one copy)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 def cayley_transform(matrices: torch.Tensor) -> torch.Tensor:
     """Cayley transform of the skew part of each square matrix of a batch (..., n, n).
 
-    A = W - W^H, Q = (I + A)^{-1} (I - A) (Trockman & Kolter, ICLR 2021), solved rather than
-    inverted. Q is unitary (orthogonal for real W); I + A is never singular since A is skew.
+    A = W - W^H, Q = (I + A)^{-1} (I - A) = 2 (I + A)^{-1} - I (Trockman & Kolter, ICLR 2021).
+    Q is unitary (orthogonal for real W); I + A is never singular (its singular values are
+    >= 1, A being skew). The inverse form costs what the solve costs forward (PyTorch inverts
+    by solving against I), but its backward is two batched matmuls instead of an LU solve and
+    a matmul, and keeps only (I + A)^{-1} where a solve keeps I + A, its LU factors and Q.
     """
     skew = matrices - matrices.mH
     eye = torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device)
-    return torch.linalg.solve(eye + skew, eye - skew)
+    return 2 * torch.linalg.inv(eye + skew) - eye
 
 
 def newton_schulz_inverse_sqrt(matrices: torch.Tensor, iterations: int) -> torch.Tensor:

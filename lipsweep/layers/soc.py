@@ -93,7 +93,10 @@ class SOCConv2d(CachedParametrization):
         if training:
             with torch.no_grad():
                 self.set_vectors(vectors)
-        return self.correction * skew / sigmas.min(), self.bias
+        # skew_filter is linear, so L_n = skew_filter(M * scale); scaling the parameter M
+        # (kept anyway) instead of the skew copy spares backward a kernel-sized tensor.
+        scale = self.correction / sigmas.min()
+        return skew_filter(self.random_conv_filter * scale), self.bias
 
     def apply_weight(
         self, x: torch.Tensor, weight: tuple[torch.Tensor, torch.Tensor]

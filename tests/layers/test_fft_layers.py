@@ -9,8 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from lipsweep.layers.cayley import CayleyConv2d, CayleyLinear, fft_conv2d
-from lipsweep.layers.lot import LOTConv2d
-from lipsweep.layers.numerics import cayley_transform, kernel_spectrum
+from lipsweep.layers.lot import LOTConv2d, orthogonalize
+from lipsweep.layers.numerics import (
+    cayley_transform,
+    kernel_spectrum,
+    map_rfft_grid,
+    spectral_matmul,
+)
 from tests.layers.lipschitz_check import jacobian_singular_values
 
 SIZES = [(8, 8), (5, 7), (6, 9)]
@@ -217,3 +222,29 @@ def test_eval_cache_holds_one_weight_per_size(cls: type[torch.nn.Module]) -> Non
     layer(inputs[(5, 7)])
     assert layer.cached_weight(8, 8) is first
     assert first.shape[:2] == ((8, 5) if cls is CayleyConv2d else (10, 6))  # rfft grids
+
+
+@pytest.mark.parametrize("size", [(6, 4), (5, 7), (8, 9), (1, 2)])
+def test_map_rfft_grid_equals_the_map_at_every_frequency(size: tuple[int, int]) -> None:
+    """Skipping the conjugate frequencies of the rfft grid changes nothing: the skipped
+    matrices are the conjugates of computed ones, for odd and even sizes alike."""
+    height, width = size
+    weight = torch.randn(3, 3, 3, 3, dtype=torch.float64)
+    spectrum = kernel_spectrum(weight, height, width, onesided=True)
+    for function in (cayley_transform, orthogonalize):
+        expected = function(spectrum)
+        torch.testing.assert_close(map_rfft_grid(function, spectrum, width), expected)
+
+
+def test_spectral_matmul_equals_einsum_forward_and_backward() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(5, 4, 3, 2, dtype=torch.complex128, requires_grad=True)
+    x_hat = torch.randn(6, 2, 5, 4, dtype=torch.complex128, requires_grad=True)
+    upstream = torch.randn(6, 3, 5, 4, dtype=torch.complex128)
+    ours = spectral_matmul(weight, x_hat)
+    reference = torch.einsum("uvoi,biuv->bouv", weight, x_hat)
+    torch.testing.assert_close(ours, reference)
+    ours_grads = torch.autograd.grad(ours, (weight, x_hat), upstream)
+    reference_grads = torch.autograd.grad(reference, (weight, x_hat), upstream)
+    for mine, theirs in zip(ours_grads, reference_grads, strict=True):
+        torch.testing.assert_close(mine, theirs)
