@@ -3,12 +3,11 @@
 ``run_bench`` measures each (method, size) model on one device in one run: training time per
 batch (forward + sum().backward() + SGD step), cached inference time per batch, the first eval
 batch's caching time, the uncached forward (train mode under no_grad), peak memories and
-throughputs. Every figure is also given as a ratio to the standard conv of the same size,
+throughputs. On a CPU the memories come from a second pass after all timings (see
+``honest_cpu_memory``). Every figure is also given as a ratio to the standard conv of the same size,
 measured in the same run, because absolute timings on a shared machine are noisy. Results go
 to ``out/results/bench/dataset=<d>/method=<m>/<run-id>.parquet`` (atomic, hive-partitioned).
-
-The layer-level helpers (``layer_costs``, ``fit_exponent``, ``count_torch_calls``,
-``saved_tensor_bytes``) back the scaling fits against the paper's Table 1 (benchmarks/).
+Single-layer costs and the scaling fits against the paper's Table 1 are in ``lipsweep.scaling``.
 """
 
 from __future__ import annotations
@@ -16,10 +15,8 @@ from __future__ import annotations
 import ctypes
 import importlib
 import math
-import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,11 +27,10 @@ import pyarrow.dataset as ds
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch.overrides import TorchFunctionMode
 
 from lipsweep.data import DATASETS
-from lipsweep.measure import measure_model, synchronize, timed
-from lipsweep.model import build_model, make_conv
+from lipsweep.measure import measure_model, time_inference, time_training, timed
+from lipsweep.model import build_model
 from lipsweep.results import write_atomic
 
 # Training-set sizes used for seconds per epoch (the paper trains on the full training set).
@@ -78,7 +74,8 @@ PARTITIONS = ("dataset", "method")
 def honest_cpu_memory() -> bool:
     """Make the CPU peak-RSS sampler track live tensors: glibc then serves every allocation
     of 128 KiB or more by mmap and unmaps it on free (instead of keeping freed memory in its
-    heap, which would hide the peak of later batches). Returns False where unavailable."""
+    heap, which would hide the peak of later batches). It holds for the rest of the process
+    and slows allocation-heavy code (training ~2x on a CPU). Returns False where unavailable."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -138,6 +135,21 @@ def bench_cell(
         "inference_peak_bytes": timing.inference_peak_bytes,
         "cache_speedup": uncached / timing.inference_batch_s,
     }
+
+
+def cell_memory(
+    method: str, size: str, dataset: str, batch_size: int, device: torch.device, batches: int = 3
+) -> dict[str, int]:
+    """Peak training and inference memory of ``method`` at ``size``, a fresh model for each,
+    over ``batches`` batches (the paper's memory_usage.py: 3)."""
+    info = DATASETS[dataset]
+    shape = (batch_size, info.channels, info.image_size, info.image_size)
+    inputs = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+    model = build_model(method, size, dataset).to(device)
+    _, train_bytes = time_training(model, inputs, batches)
+    del model
+    _, _, inference_bytes = time_inference(build_model(method, size, dataset).to(device), inputs, 3)
+    return {"train_peak_bytes": train_bytes, "inference_peak_bytes": inference_bytes}
 
 
 def add_ratios(frame: pd.DataFrame) -> pd.DataFrame:
@@ -252,14 +264,19 @@ def run_bench(
     print the table, write Parquet and figures; returns the frame with ratio columns."""
     console = console or Console()
     device = torch.device(device)
-    if device.type == "cpu":
-        honest_cpu_memory()
     methods = [BASELINE, *[m for m in methods if m != BASELINE]]
+    cells = [(method, size) for size in sizes for method in methods]
     rows = []
-    for size in sizes:
-        for method in methods:
-            console.print(f"[dim]bench {dataset} {size} {method} (batch {batch_size})[/dim]")
-            rows.append(bench_cell(method, size, dataset, batch_size, device, batches, warmup))
+    for method, size in cells:
+        console.print(f"[dim]bench {dataset} {size} {method} (batch {batch_size})[/dim]")
+        rows.append(bench_cell(method, size, dataset, batch_size, device, batches, warmup))
+    # On a CPU the peak-RSS sampler needs glibc to return freed memory at once, which makes
+    # every large allocation a fresh mmap: training then runs ~2x slower, so memory is
+    # measured in a second pass, after every timing.
+    if device.type == "cpu" and honest_cpu_memory():
+        for row, (method, size) in zip(rows, cells, strict=True):
+            console.print(f"[dim]memory {dataset} {size} {method}[/dim]")
+            row.update(cell_memory(method, size, dataset, batch_size, device))
     frame = add_ratios(pd.DataFrame(rows))
     frame["measured_at"] = pd.Timestamp.now(tz="UTC").floor("s")
     console.print(render_table(frame, f"lipsweep bench: {dataset}, {frame['device'].iloc[0]}"))
@@ -268,129 +285,3 @@ def run_bench(
     console.print(f"wrote {len(paths)} Parquet files under {Path(out) / 'results' / 'bench'}")
     make_figures(frame, Path(out) / "figures", console)
     return frame
-
-
-# Layer-level measurements (scaling fits, Table 1 checks) -------------------------------------
-
-
-class _CallCounter(TorchFunctionMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
-        self.calls += 1
-        return func(*args, **(kwargs or {}))
-
-
-def count_torch_calls(function: Callable[[], Any]) -> int:
-    """Number of torch function calls ``function`` makes: equal counts at different channel
-    counts or input sizes mean no Python loop over channels or frequencies."""
-    with _CallCounter() as counter:
-        function()
-    return counter.calls
-
-
-@contextmanager
-def saved_tensor_bytes(exclude: Iterable[Any] = ()) -> Iterator[list[int]]:
-    """What autograd keeps for backward inside the block, over distinct storages:
-    out = [bytes, elements] (a complex number is one element). Storages of the tensors in
-    ``exclude`` (e.g. the weight handed to an input op) are not counted."""
-    skip = {t.untyped_storage().data_ptr() for t in _tensors(exclude)}
-    storages: dict[int, tuple[int, int]] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in skip:
-            storages[storage.data_ptr()] = (
-                storage.nbytes(),
-                storage.nbytes() // tensor.element_size(),
-            )
-        return tensor
-
-    out: list[int] = []
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        yield out
-    out.extend([sum(b for b, _ in storages.values()), sum(e for _, e in storages.values())])
-
-
-def _tensors(items: Any) -> list[torch.Tensor]:
-    if isinstance(items, torch.Tensor):
-        return [items]
-    if isinstance(items, list | tuple):
-        return [t for item in items for t in _tensors(item)]
-    return []
-
-
-def _mean_seconds(function: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    function()
-    best = math.inf
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        function()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def layer_costs(
-    method: str,
-    channels: int,
-    size: int,
-    batch_size: int,
-    kernel_size: int = 3,
-    device: str | torch.device = "cpu",
-    repeats: int = 3,
-) -> dict[str, float]:
-    """Costs of one ``method`` layer (c channels, s x s input) split as in Table 1: parameter
-    transform (training forward) and input op (forward with a ready weight), each its time
-    (best of ``repeats``) and the bytes autograd saves for backward."""
-    device = torch.device(device)
-    layer = make_conv(method, channels, kernel_size, size, "block").to(device).train()
-    spatial = (size, size) if getattr(layer, "size_dependent", False) else ()
-    x = torch.randn(batch_size, channels, size, size, device=device, requires_grad=True)
-    if hasattr(layer, "parametrize"):
-
-        def transform() -> Any:
-            return layer.parametrize(True, *spatial)
-
-        def input_op(weight: Any) -> torch.Tensor:
-            return layer.apply_weight(x, weight)
-    else:  # the standard conv: its weight is the parameter itself
-
-        def transform() -> Any:
-            return (layer.weight, layer.bias)
-
-        def input_op(weight: Any) -> torch.Tensor:
-            return layer(x)
-
-    with saved_tensor_bytes() as param_saved:
-        weight = transform()
-    exclude = [weight, *layer.parameters(), *layer.buffers()]
-    with saved_tensor_bytes(exclude) as input_saved:
-        input_op(weight)
-    with torch.no_grad():
-        param_s = _mean_seconds(transform, device, repeats) if param_saved[0] else 0.0
-        ready = transform()
-        input_s = _mean_seconds(lambda: input_op(ready), device, repeats)
-    return {
-        "method": method,
-        "channels": channels,
-        "size": size,
-        "batch_size": batch_size,
-        "param_s": param_s,
-        "input_s": input_s,
-        "param_saved_bytes": float(param_saved[0]),
-        "param_saved_elements": float(param_saved[1]),
-        "input_saved_bytes": float(input_saved[0]),
-        "input_saved_elements": float(input_saved[1]),
-    }
-
-
-def fit_exponent(xs: Iterable[float], ys: Iterable[float]) -> float:
-    """Least-squares slope of log y against log x (the exponent of y ~ x^a)."""
-    x = torch.tensor([math.log(v) for v in xs], dtype=torch.float64)
-    y = torch.tensor([math.log(max(v, 1e-12)) for v in ys], dtype=torch.float64)
-    x = x - x.mean()
-    return float((x * (y - y.mean())).sum() / (x * x).sum())
