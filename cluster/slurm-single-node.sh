@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# A private single-node SLURM (Debian's slurm-wlm 22.05 + munge) on 127.0.0.1, for tests and for
+# A private SLURM on one machine (Debian's slurm-wlm 22.05 + munge) on 127.0.0.1, for tests and for
 # trying lipsweep's SLURM path on one machine. No systemd, no cgroups, no accounting database.
 #
-#   cluster/slurm-single-node.sh start DIR   # prints: export SLURM_CONF=DIR/slurm.conf
-#   cluster/slurm-single-node.sh stop DIR    # stops the daemons by their PID files
+#   cluster/slurm-single-node.sh start DIR      # one node, "localhost"
+#   cluster/slurm-single-node.sh start DIR 2    # two nodes n1, n2: one slurmd each, own ports
+#   cluster/slurm-single-node.sh stop DIR       # stops the daemons by their PID files
 #
-# Everything (munge key and socket, slurm.conf, state, spool, logs, PID files) lives under DIR,
-# with free ports, so several instances can run side by side. Run as root (jobs run as the
-# submitting user). Needs: apt-get install -y --no-install-recommends slurm-wlm munge
+# start prints: export SLURM_CONF=DIR/slurm.conf. Everything (munge key and socket, slurm.conf,
+# state, spool, logs, PID files) lives under DIR, with free ports, so several instances can run
+# side by side. Several nodes are several slurmd daemons on this machine (Debian's build has
+# multiple-slurmd support: `scontrol show config` says MULTIPLE_SLURMD = Yes); each node
+# declares all of this machine's CPUs, so jobs on different nodes share them. Run as root (jobs
+# run as the submitting user). Needs: apt-get install -y --no-install-recommends slurm-wlm munge
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
-[ $# -eq 2 ] || usage
+usage() { echo "usage: $0 start|stop DIR [NODES]" >&2; exit 2; }
+[ $# -eq 2 ] || [ $# -eq 3 ] || usage
 action=$1
 dir=$(mkdir -p "$2" && cd "$2" && pwd)
+count=${3:-1}
+[[ $count =~ ^[1-9][0-9]?$ ]] || usage
+if [ "$count" -eq 1 ]; then names=(localhost); else names=($(seq -f 'n%g' 1 "$count")); fi
 # munged needs every folder above its socket searchable by all
 [ "$1" = start ] && chmod a+x "$dir"
 
@@ -35,13 +42,12 @@ AuthInfo=socket=$dir/munge/munge.socket
 SlurmUser=root
 SlurmdUser=root
 SlurmctldPort=$(free_port)
-SlurmdPort=$(free_port)
 StateSaveLocation=$dir/state
-SlurmdSpoolDir=$dir/spool
+SlurmdSpoolDir=$dir/spool/%n
 SlurmctldPidFile=$dir/slurmctld.pid
-SlurmdPidFile=$dir/slurmd.pid
+SlurmdPidFile=$dir/slurmd-%n.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
-SlurmdLogFile=$dir/log/slurmd.log
+SlurmdLogFile=$dir/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -59,9 +65,14 @@ KillWait=5
 MinJobAge=600
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
+  local name
+  for name in "${names[@]}"; do  # one slurmd per node, each on its own port
+    echo "NodeName=$name NodeHostname=localhost NodeAddr=127.0.0.1 Port=$(free_port) CPUs=$cpus RealMemory=$memory State=UNKNOWN"
+  done >> "$dir/slurm.conf"
+  local all
+  all=$(IFS=,; echo "${names[*]}")
+  echo "PartitionName=debug Nodes=$all Default=YES MaxTime=INFINITE State=UP" >> "$dir/slurm.conf"
 }
 
 start() {
@@ -79,9 +90,13 @@ start() {
   write_conf
   export SLURM_CONF=$dir/slurm.conf
   slurmctld -i
-  slurmd -N localhost
+  local name
+  for name in "${names[@]}"; do
+    mkdir -p "$dir/spool/$name"
+    slurmd -N "$name"
+  done
   for _ in $(seq 60); do
-    if sinfo -h -o %T 2> /dev/null | grep -q idle; then
+    if [ "$(sinfo -h -N -t idle -o %N 2> /dev/null | sort -u | wc -l)" -eq "$count" ]; then
       echo "export SLURM_CONF=$SLURM_CONF"
       return 0
     fi
@@ -94,7 +109,7 @@ start() {
 
 stop() {  # by PID, never by name
   local pidfile pid
-  for pidfile in "$dir/slurmd.pid" "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
+  for pidfile in "$dir"/slurmd-*.pid "$dir/slurmctld.pid" "$dir/munge/munged.pid"; do
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
     if kill "$pid" 2> /dev/null; then

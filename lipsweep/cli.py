@@ -250,13 +250,19 @@ def _sweep_config(
     seed: int,
     batch_size: int | None,
     data_dir: Path | None,
+    lr_range: str | None = None,
+    wd_range: str | None = None,
+    memory_per_trial: float | None = None,
+    max_examples: int | None = None,
+    max_epochs: int | None = None,
+    checkpoint_every: int = 10,
 ):
     """A SweepConfig from a preset and the options given on the command line."""
     from lipsweep.data import DATASETS
     from lipsweep.launch_command import PRESETS, sweep_id_for
     from lipsweep.layers import METHODS
     from lipsweep.model import SIZES
-    from lipsweep.sweep import SweepConfig, budget_label
+    from lipsweep.sweep import LR_RANGE, WEIGHT_DECAY_RANGE, SweepConfig, budget_label
 
     base: dict = dict(PRESETS["paper"])
     if preset is not None:
@@ -282,6 +288,9 @@ def _sweep_config(
         ("--trials", trials),
         ("--cpus-per-trial", cpus_per_trial),
         ("--batch-size", batch_size),
+        ("--max-examples", max_examples),
+        ("--max-epochs", max_epochs),
+        ("--checkpoint-every", checkpoint_every),
     ):
         if value is not None and value < 1:
             raise fail(f"{name} must be at least 1, got {value}")
@@ -291,6 +300,14 @@ def _sweep_config(
         raise fail(f"--gpus-per-trial must be 0 or more, got {gpus_per_trial}")
     if max_gpu_hours is not None and max_gpu_hours <= 0:
         raise fail(f"--max-gpu-hours must be positive, got {max_gpu_hours}")
+    if memory_per_trial is not None and memory_per_trial <= 0:
+        raise fail(f"--memory-per-trial must be positive (GiB), got {memory_per_trial}")
+    ranges = {
+        "lr_range": parse_range(lr_range, "--lr-range") if lr_range else LR_RANGE,
+        "weight_decay_range": (
+            parse_range(wd_range, "--wd-range") if wd_range else WEIGHT_DECAY_RANGE
+        ),
+    }
     return SweepConfig(
         sweep_id=sweep_id_for(out),
         datasets=base["datasets"],
@@ -308,7 +325,23 @@ def _sweep_config(
         seed=seed,
         batch_size=batch_size or base.get("batch_size", 256),
         data_dir=str(data_dir) if data_dir else None,
+        memory_per_trial_gib=memory_per_trial,
+        max_examples=max_examples,
+        max_epochs=max_epochs,
+        checkpoint_every_epochs=checkpoint_every,
+        **ranges,
     )
+
+
+def parse_range(text: str, option: str) -> tuple[float, float]:
+    """ "LOW,HIGH" with 0 < LOW < HIGH (a log-uniform range)."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise fail(f"{option} must be LOW,HIGH such as 1e-4,1e-1, got {text!r}") from None
+    if not 0 < low < high:
+        raise fail(f"{option} needs 0 < LOW < HIGH (searched log-uniformly), got {text!r}")
+    return low, high
 
 
 DatasetsOpt = Annotated[str | None, typer.Option(help="Comma-separated datasets.")]
@@ -331,6 +364,26 @@ SeedOpt = Annotated[int, typer.Option(help="Seed of the samplers and final-run s
 BatchOpt = Annotated[int | None, typer.Option(help="Batch size (paper: 256).")]
 DataOpt = Annotated[Path | None, typer.Option(help="Dataset folder (default $LIPSWEEP_DATA).")]
 PresetOpt = Annotated[str | None, typer.Option(help="paper (default) or quickstart.")]
+LrRangeOpt = Annotated[
+    str | None, typer.Option(help="Learning rates searched, LOW,HIGH (paper: 1e-4,1e-1).")
+]
+WdRangeOpt = Annotated[
+    str | None,
+    typer.Option(help="Weight decays searched, LOW,HIGH (paper: 3.16e-6,3.16e-4)."),
+]
+MaxExamplesOpt = Annotated[
+    int | None, typer.Option(help="Smoke runs: use only the first N examples of each split.")
+]
+MaxEpochsOpt = Annotated[
+    int | None, typer.Option(help="Smoke runs: cap the epochs any budget buys.")
+]
+CheckpointOpt = Annotated[
+    int, typer.Option(help="Checkpoint attempts every N epochs (and every 5 minutes).")
+]
+MemoryOpt = Annotated[
+    float | None,
+    typer.Option(help="GiB an attempt may allocate; past it the attempt ends as 'oom'."),
+]
 
 
 @app.command()
@@ -354,6 +407,12 @@ def launch(
     seed: SeedOpt = 0,
     batch_size: BatchOpt = None,
     data_dir: DataOpt = None,
+    lr_range: LrRangeOpt = None,
+    wd_range: WdRangeOpt = None,
+    memory_per_trial: MemoryOpt = None,
+    max_examples: MaxExamplesOpt = None,
+    max_epochs: MaxEpochsOpt = None,
+    checkpoint_every: CheckpointOpt = 10,
     backend: Annotated[
         str,
         typer.Option(
@@ -414,6 +473,12 @@ def launch(
         seed,
         batch_size,
         data_dir,
+        lr_range,
+        wd_range,
+        memory_per_trial,
+        max_examples,
+        max_epochs,
+        checkpoint_every,
     )
     if backend == "slurm":
         from lipsweep.backends.slurm import SlurmOptions, launch_slurm
@@ -604,7 +669,7 @@ def slurm_cell(
     cell: Annotated[str, typer.Argument(help="The cell, e.g. cifar10-XS-aol.")],
 ) -> None:
     """Run one cell of a sweep inside a SLURM job (what jobs/lipsweep_cell.sbatch calls)."""
-    from lipsweep.backends.slurm import CellJob
+    from jobs.cell import CellJob
     from lipsweep.sweep import SweepConfig
 
     if not (out / "sweep.json").exists():
@@ -622,25 +687,75 @@ def bench(
     ] = "aol,bcop,cpl,cayley,lot,sll,soc",
     sizes: Annotated[str, typer.Option(help="Comma-separated sizes.")] = "XS",
     dataset: Annotated[str, typer.Option(help="Input shape of this dataset.")] = "cifar10",
-    batch_size: Annotated[int, typer.Option(help="Batch size (paper: 256).")] = 64,
-    batches: Annotated[int, typer.Option(help="Timed batches per measurement.")] = 5,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batch size (default 64; 8 with --scaling; paper: 256).")
+    ] = None,
+    batches: Annotated[
+        int, typer.Option(help="Timed batches per measurement (repeats with --scaling).")
+    ] = 5,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for torch (default: torch's own).")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Where the Parquet results and figures go.")] = Path(
         "runs/bench"
     ),
+    scaling: Annotated[
+        bool,
+        typer.Option(
+            "--scaling",
+            help="Fit how single layers' time and saved memory grow with c and s, beside "
+            "the paper's Table 1, instead of timing the models.",
+        ),
+    ] = False,
+    channels: Annotated[
+        str, typer.Option(help="--scaling: channel counts c (at s = the median input size).")
+    ] = "16,32,64,128",
+    input_sizes: Annotated[
+        str, typer.Option(help="--scaling: input sizes s (at c = the median channel count).")
+    ] = "8,16,32",
 ) -> None:
     """Time and memory of training and cached inference per method and size, with every figure
-    as a ratio to the standard conv measured in the same run."""
-    from lipsweep.bench import run_bench
+    as a ratio to the standard conv measured in the same run; with --scaling, the exponents of
+    c and s of single layers beside the paper's Table 1."""
+    import torch
+
     from lipsweep.data import DATASETS
     from lipsweep.layers import LAYERS
     from lipsweep.model import SIZES
 
     method_list = split_list(methods, list(LAYERS), "method")
+    if batches < 1 or (batch_size is not None and batch_size < 1):
+        raise fail("--batch-size and --batches must be at least 1")
+    if threads is not None:
+        if threads < 1:
+            raise fail("--threads must be at least 1")
+        torch.set_num_threads(threads)
+    if scaling:
+        from lipsweep.scaling import run_scaling
+
+        grid_c = positive_ints(channels, "channels")
+        grid_s = positive_ints(input_sizes, "input-sizes")
+        run_scaling(
+            method_list, grid_c, grid_s, batch_size or 8, pick_device(device), out, batches, console
+        )
+        return
+    from lipsweep.bench import run_bench
+
     size_list = split_list(sizes, list(SIZES), "size")
     check_choice(dataset, list(DATASETS), "dataset")
-    if batch_size < 1 or batches < 1:
-        raise fail("--batch-size and --batches must be at least 1")
     run_bench(
-        method_list, size_list, dataset, batch_size, pick_device(device), out, batches, console
-    )
+        method_list, size_list, dataset, batch_size or 64, pick_device(device), out, batches,
+        console,
+    )  # fmt: skip
+
+
+def positive_ints(text: str, option: str) -> list[int]:
+    """A comma-separated list of at least two distinct positive integers (a slope needs two)."""
+    try:
+        values = [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise fail(f"--{option} must be comma-separated integers, got {text!r}") from None
+    if len(set(values)) < 2 or min(values) < 1:
+        raise fail(f"--{option} needs at least two distinct positive integers, got {text!r}")
+    return values

@@ -1,4 +1,5 @@
-"""Running a sweep: Optuna asks, Ray Tune executes, the Parquet dataset remembers.
+"""Running a sweep: Optuna asks (through Ray Tune's OptunaSearch), Ray Tune executes, the
+Parquet dataset remembers.
 
 ``run_sweep`` is idempotent: it derives what is left from the Optuna journal (which trials
 exist, with which hyperparameters) and the Parquet dataset (which attempts finished), and runs
@@ -19,7 +20,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pandas as pd
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -29,7 +29,6 @@ from lipsweep.ledger import Ledger
 from lipsweep.results import ended_for_good, partition_dir, read_attempts, write_attempt
 from lipsweep.status_command import status_table
 from lipsweep.sweep import (
-    SEARCH_SPACE,
     CellPlan,
     PlannedTrial,
     SweepConfig,
@@ -37,71 +36,6 @@ from lipsweep.sweep import (
     device_share,
     planned_trials,
 )
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-# ----------------------------------------------------------------------------- Optuna side
-
-
-def open_study(config: SweepConfig, folder: Path, cell: str) -> optuna.Study:
-    """The cell's durable study in ``optuna.journal``; the sampler is seeded per cell."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    storage = JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
-    seed = random.Random(f"{config.seed}/{cell}").randrange(2**31)
-    if config.sampler == "tpe":  # arguments explicit: Optuna 5 changed the TPE defaults
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(
-            seed=seed, multivariate=False, constant_liar=True, n_startup_trials=10
-        )
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    return optuna.create_study(
-        study_name=f"{config.sweep_id}/{cell}",
-        storage=storage,
-        sampler=sampler,
-        direction="maximize",
-        load_if_exists=True,
-    )
-
-
-def distributions() -> dict[str, optuna.distributions.BaseDistribution]:
-    from optuna.distributions import FloatDistribution, IntDistribution
-
-    return {
-        "lr": FloatDistribution(*SEARCH_SPACE["lr"], log=True),
-        "weight_decay": FloatDistribution(*SEARCH_SPACE["weight_decay"], log=True),
-        "seed": IntDistribution(0, 999),
-    }
-
-
-def ask_trials(study: optuna.Study, wanted: int) -> list[optuna.trial.FrozenTrial]:
-    """Make sure the study holds ``wanted`` trials (asking new ones); return them by number."""
-    while len(study.trials) < wanted:
-        study.ask(distributions())
-    return sorted(study.trials, key=lambda t: t.number)[:wanted]
-
-
-def tell_results(
-    study: optuna.Study, attempts: pd.DataFrame, stage_rows: list[dict], max_retries: int
-) -> None:
-    """Report each search trial that ended for good to its study: its validation CRA, or a
-    failure. A NaN trial with retries left is not told yet."""
-    ended = ended_for_good(attempts, max_retries) if not attempts.empty else attempts
-    for row in stage_rows:
-        done = ended[ended["trial_id"] == row["trial_id"]] if not ended.empty else None
-        if done is None or done.empty:
-            continue
-        last = done.iloc[-1]
-        trial = study.trials[row["number"]]
-        if trial.state != optuna.trial.TrialState.RUNNING:
-            continue
-        if last["status"] == "completed":
-            study.tell(row["number"], float(last["cra_36"]))
-        else:
-            study.tell(row["number"], state=optuna.trial.TrialState.FAIL)
-
 
 # ----------------------------------------------------------------------------- the trainable
 
@@ -196,6 +130,9 @@ def attempt_row(trial: dict[str, Any], spec: Any, outcome: Any, attempt: int) ->
         "train_throughput": (
             trial["train_examples"] * outcome.epochs_done / train_s if train_s > 0 else None
         ),
+        "inference_throughput": outcome.inference_throughput,
+        "train_peak_bytes": outcome.peak_bytes("train_peak_bytes"),
+        "inference_peak_bytes": outcome.peak_bytes("inference_peak_bytes"),
         "device_seconds": outcome.device_seconds,
         "gpus": gpus,
         "gpu_hours": outcome.device_seconds * device_share(gpus) / 3600,
@@ -214,13 +151,16 @@ def attempt_row(trial: dict[str, Any], spec: Any, outcome: Any, attempt: int) ->
 
 
 def execute(
-    trials: list[dict[str, Any]], config: SweepConfig, folder: Path, stage: str, tag: str = ""
+    config: SweepConfig,
+    folder: Path,
+    stage: str,
+    tag: str,
+    param_space: dict[str, Any],
+    tune_config: Any,
 ) -> int:
-    """Run ``trials`` (trainable parameter dicts) with Ray Tune, as many at once as fit;
-    return how many the GPU-hour cap kept from starting. ``tag`` keeps the Tune experiment
+    """Run one Tune experiment of the sweep's trainable, as many trials at once as fit;
+    return how many trials the GPU-hour cap kept from starting. ``tag`` keeps the experiment
     names of concurrent jobs (one per cell) apart."""
-    if not trials:
-        return 0
     # Tune's newer console output ignores verbose=0; the legacy reporter honours it, and
     # `lipsweep status` shows progress instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -229,8 +169,8 @@ def execute(
     resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
-        param_space={"trial": tune.grid_search(trials)},
-        tune_config=tune.TuneConfig(num_samples=1),
+        param_space=param_space,
+        tune_config=tune_config,
         run_config=tune.RunConfig(
             name=f"{stage}{tag}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str((folder / "tune").resolve()),
@@ -239,8 +179,21 @@ def execute(
         ),
     )
     results = tuner.fit()
-    skipped = sum(1 for r in results if (r.metrics or {}).get("status") == "skipped_cap")
-    return skipped
+    return sum(1 for r in results if (r.metrics or {}).get("status") == "skipped_cap")
+
+
+def execute_grid(
+    trials: list[dict[str, Any]], config: SweepConfig, folder: Path, stage: str, tag: str
+) -> int:
+    """Run ``trials`` (trainable parameter dicts), each once."""
+    if not trials:
+        return 0
+    from ray import tune
+
+    space = {"trial": tune.grid_search(trials)}
+    return execute(
+        config, folder, stage, tag, space, tune.TuneConfig(num_samples=1, reuse_actors=True)
+    )
 
 
 @dataclass
@@ -292,6 +245,7 @@ class SweepContext:
                 "device": device,
                 "max_examples": config.max_examples,
                 "checkpoint_every_epochs": config.checkpoint_every_epochs,
+                "memory_limit_gib": config.memory_per_trial_gib,
             },
         }
 
@@ -413,59 +367,70 @@ def run_sweep(
 
 
 def run_search(context: SweepContext, planned: list[PlannedTrial], console: Console) -> None:
-    """Ask every cell's study for its trials and run them. A random sampler is asked for all
-    trials at once; TPE in waves of as many trials as run at the same time, each wave told
-    before the next is asked, so it conditions on the results so far."""
+    """Run every cell's missing search trials in one Tune experiment, asked from each cell's
+    Optuna study through Ray Tune's OptunaSearch (lipsweep.search). A random sampler may be
+    asked ahead; TPE is asked only when a slot is free, so it conditions on every result told
+    by then."""
+    from ray import tune
+
+    from lipsweep.search import CellSearch, journal
+
     config, folder = context.config, context.folder
-    studies = {
-        cell: open_study(config, folder, cell)
+    attempts = read_attempts(folder)
+    storage = journal(folder)
+    cells = [
+        search_cell(context, attempts, storage, [t for t in planned if cell_of(t) == cell])
         for cell in (cell_name(*key) for key in config.cells())
         if cell in context.plans
-    }
-    wave = config.trials if config.sampler == "random" else concurrent_slots(config)
-    asked = 0
-    while asked < config.trials:
-        asked = min(config.trials, asked + wave)
-        rows = {
-            cell: search_rows(context, planned, study, cell, asked)
-            for cell, study in studies.items()
-        }
-        pending = [
-            row
-            for cell_rows in rows.values()
-            for row in cell_rows
-            if not trial_ended(folder, row, config.max_retries)
+    ]
+    pending = sum(cell.pending for cell in cells)
+    console.print(f"search: {pending} trials to run over {len(cells)} cells")
+    if pending == 0:
+        return
+    tune_config = tune.TuneConfig(
+        reuse_actors=True,
+        search_alg=CellSearch(cells),
+        num_samples=pending,
+        max_concurrent_trials=concurrent_slots(config) if config.sampler == "tpe" else None,
+    )
+    report_cap(execute(config, folder, "search", context.tag, {}, tune_config), config, console)
+
+
+def cell_of(trial: PlannedTrial) -> str:
+    return cell_name(trial.dataset, trial.size, trial.method)
+
+
+def search_cell(
+    context: SweepContext, attempts: pd.DataFrame, storage: Any, planned: list[PlannedTrial]
+) -> Any:
+    """A cell's search state (lipsweep.search.CellTrials) from its study and the Parquet
+    dataset: which trial numbers ended, with what, and how to build a trial's parameters."""
+    from lipsweep.search import SearchSettings, prepare_cell
+
+    config = context.config
+    first = planned[0]
+    cell = cell_of(first)
+    mine = (
+        attempts[
+            (attempts["stage"] == "search")
+            & (attempts["dataset"] == first.dataset)
+            & (attempts["size"] == first.size)
+            & (attempts["method"] == first.method)
         ]
-        console.print(f"search: {len(pending)} trials to run over {len(studies)} cells")
-        report_cap(execute(pending, config, folder, "search", context.tag), config, console)
-        attempts = read_attempts(folder)
-        for cell, study in studies.items():
-            tell_results(study, attempts, rows[cell], config.max_retries)
+        if not attempts.empty
+        else attempts
+    )
+    done = ended_for_good(mine, config.max_retries) if not mine.empty else mine
+    ended = {int(r.trial_index): (str(r.status), float(r.cra_36)) for r in done.itertuples()}
 
+    def trial_config(number: int, params: dict[str, Any]) -> dict[str, Any]:
+        lr, wd, seed = params["lr"], params["weight_decay"], params["seed"]
+        return context.trial_parameters(planned[number], lr, wd, int(seed))
 
-def search_rows(
-    context: SweepContext, planned: list[PlannedTrial], study: optuna.Study, cell: str, wanted: int
-) -> list[dict[str, Any]]:
-    """Trainable parameters of the cell's first ``wanted`` trials (asking new ones)."""
-    cell_trials = [t for t in planned if cell_name(t.dataset, t.size, t.method) == cell]
-    rows = []
-    for trial, plan in zip(ask_trials(study, wanted), cell_trials, strict=False):
-        p = trial.params
-        parameters = context.trial_parameters(plan, p["lr"], p["weight_decay"], p["seed"])
-        parameters["number"] = trial.number
-        rows.append(parameters)
-    return rows
-
-
-def trial_ended(folder: Path, row: dict[str, Any], max_retries: int) -> bool:
-    """Whether a trial needs no more attempts (its Parquet rows say so)."""
-    for attempt in range(max_retries + 1):
-        status = finished_status(folder, row, f"{row['trial_id']}-a{attempt}")
-        if status is None:
-            return False
-        if status != "nan":
-            return True
-    return True
+    settings = SearchSettings(
+        config.sampler, config.seed, config.trials, config.lr_range, config.weight_decay_range
+    )
+    return prepare_cell(cell, f"{config.sweep_id}/{cell}", storage, settings, ended, trial_config)
 
 
 def concurrent_slots(config: SweepConfig) -> int:
@@ -517,7 +482,8 @@ def run_finals(context: SweepContext, planned: list[PlannedTrial], console: Cons
         lr, wd = float(best["lr"]), float(best["weight_decay"])
         pending.append(context.trial_parameters(trial, lr, wd, final_seed(config, trial)))
     console.print(f"final: {len(pending)} runs")
-    report_cap(execute(pending, config, context.folder, "final", context.tag), config, console)
+    skipped = execute_grid(pending, config, context.folder, "final", context.tag)
+    report_cap(skipped, config, console)
 
 
 def report_cap(skipped: int, config: SweepConfig, console: Console) -> None:
@@ -558,6 +524,6 @@ def load_model(folder: Path, dataset: str, size: str, method: str, budget: str |
     state = torch.load(
         folder / "attempts" / best["attempt_id"] / CHECKPOINT, map_location="cpu", weights_only=True
     )
-    model = build_model(method, size, dataset)
+    model = build_model(**state["model_config"])
     model.load_state_dict(state["model"])
     return model.eval()

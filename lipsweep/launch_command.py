@@ -153,17 +153,13 @@ def launch(config: SweepConfig, out: Path, address: str | None, console: Console
 def ray_init(address: str | None, config: SweepConfig) -> None:
     import ray
 
+    from lipsweep.ray_local import start_local_ray
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:  # join an existing cluster: resources are the cluster's
         ray.init(address=address, log_to_driver=False)
         return
-    ray.init(
-        address="local",
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-        configure_logging=False,
-    )
+    start_local_ray()
 
 
 def with_overrides(base: SweepConfig, **changes: object) -> SweepConfig:

@@ -49,7 +49,7 @@ ATTEMPT_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("eval_split", pa.string()),  # "val" in search, "test" in final
         *[(name, pa.float64()) for name in METRICS],
-        ("lipschitz_bound", pa.float64()),  # power-iteration estimate for the trained model
+        ("lipschitz_bound", pa.float64()),  # upper bound of the trained model (final stage)
         ("seconds_per_epoch", pa.float64()),
         ("calibration", pa.string()),  # how epochs were planned: "measure" or "paper-a100"
         ("train_throughput", pa.float64()),  # examples / s
@@ -75,11 +75,15 @@ HISTORY_SCHEMA = pa.schema(
         ("stage", pa.string()),
         ("size", pa.string()),
         ("epoch", pa.int64()),
+        ("run", pa.int64()),  # 0: the attempt's first run; n: its n-th resume from a checkpoint
         ("lr", pa.float64()),
         ("train_loss", pa.float64()),
         ("train_accuracy", pa.float64()),
         ("train_seconds", pa.float64()),
-        *[(name, pa.float64()) for name in METRICS],  # null in epochs without evaluation
+        ("eval_seconds", pa.float64()),  # null in epochs without evaluation, as the metrics
+        ("train_peak_bytes", pa.int64()),  # measured in the first epoch of each run
+        ("inference_peak_bytes", pa.int64()),  # measured in the first evaluation of each run
+        *[(name, pa.float64()) for name in METRICS],
         ("loss", pa.float64()),  # offset cross-entropy on the evaluation split
         ("examples", pa.float64()),  # size of the evaluation split
     ]

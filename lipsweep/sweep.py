@@ -8,12 +8,13 @@ A sweep lives in one folder (``--out``):
     results/                   the Parquet dataset (lipsweep.results), the source of truth
     ledger/                    GPU-hour reservations of running attempts
 
-Flow: each cell (dataset, size, method) is calibrated; its Optuna study (seeded RandomSampler by
-default) is asked for ``trials`` hyperparameter sets; Ray Tune runs every search trial of every
-cell; the completed trial with the best final-epoch validation CRA at 36/255 is selected; the
-final runs train with its lr and wd at each budget on the full training set. A NaN attempt is
-retried with a new seed. Optuna decides *which* trials exist (stable ids from its durable
-journal); Tune only executes them, so a killed driver re-launched runs exactly what is missing.
+Flow: each cell (dataset, size, method) is calibrated; Ray Tune runs every cell's ``trials``
+search trials, asked from the cell's Optuna study through Tune's OptunaSearch (seeded
+RandomSampler by default; lipsweep.search); the completed trial with the best final-epoch
+validation CRA at 36/255 is selected; the final runs train with its lr and wd at each budget on
+the full training set. A NaN attempt is retried with a new seed. Optuna's journal says which
+trials exist (stable numbers, durable), the Parquet dataset which attempts ended, so a killed
+driver re-launched runs exactly what is missing.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from typing import Any, Literal
 
 from lipsweep.budget import format_budget, parse_budget
 
-SEARCH_SPACE = {"lr": (1e-4, 1e-1), "weight_decay": (10**-5.5, 10**-3.5)}  # log-uniform
+# The paper's search space, both log-uniform (PAPER.md section 3).
+LR_RANGE = (1e-4, 1e-1)
+WEIGHT_DECAY_RANGE = (10**-5.5, 10**-3.5)
 TERMINAL = ("completed", "nan", "oom", "failed")
 
 
@@ -56,6 +59,9 @@ class SweepConfig:
     max_examples: int | None = None  # quickstart: first N examples of each split
     max_epochs: int | None = None  # quickstart: cap the epochs any budget buys
     checkpoint_every_epochs: int = 10  # attempts also checkpoint every 5 minutes
+    lr_range: tuple[float, float] = LR_RANGE  # searched log-uniformly
+    weight_decay_range: tuple[float, float] = WEIGHT_DECAY_RANGE  # searched log-uniformly
+    memory_per_trial_gib: float | None = None  # an attempt past it ends with status "oom"
 
     def cells(self) -> list[tuple[str, str, str]]:
         return list(itertools.product(self.datasets, self.sizes, self.methods))
@@ -67,8 +73,9 @@ class SweepConfig:
     @staticmethod
     def load(folder: Path) -> SweepConfig:
         data = json.loads((folder / "sweep.json").read_text())
-        for key in ("datasets", "sizes", "methods", "budgets"):
-            data[key] = tuple(data[key])
+        for key in ("datasets", "sizes", "methods", "budgets", "lr_range", "weight_decay_range"):
+            if key in data:
+                data[key] = tuple(data[key])
         return SweepConfig(**data)
 
 

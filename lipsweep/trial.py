@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +26,8 @@ import torch
 from lipsweep.certify import evaluate, lipschitz_upper_bound
 from lipsweep.data import DATASETS, Batches, ImageSet, load_split, train_val_split
 from lipsweep.loss import offset_cross_entropy
+from lipsweep.measure import PeakMemory
+from lipsweep.memory import is_out_of_memory, memory_cap
 from lipsweep.model import build_model
 
 Status = Literal["completed", "nan", "oom", "failed"]
@@ -51,6 +55,7 @@ class TrialSpec:
     data_dir: str | None = None
     device: str = "cpu"
     max_examples: int | None = None  # use only the first N examples of each split (smoke runs)
+    memory_limit_gib: float | None = None  # past it an allocation fails: status "oom"
 
 
 @dataclass
@@ -73,6 +78,20 @@ class Outcome:
     def seconds_per_epoch(self) -> float:
         trained = [row["train_seconds"] for row in self.history]
         return sum(trained) / len(trained) if trained else math.nan
+
+    def peak_bytes(self, name: str) -> int | None:
+        """The largest ``train_peak_bytes`` or ``inference_peak_bytes`` of the history (each
+        run of the attempt measures its first epoch and first evaluation)."""
+        measured = [int(row[name]) for row in self.history if row.get(name) is not None]
+        return max(measured) if measured else None
+
+    @property
+    def inference_throughput(self) -> float | None:
+        """Examples per second of the last evaluation (cached eval forward and margins)."""
+        for row in reversed(self.history):
+            if row.get("eval_seconds"):
+                return row["examples"] / row["eval_seconds"]
+        return None
 
 
 class NonFiniteError(RuntimeError):
@@ -104,6 +123,11 @@ def assumed_lipschitz(spec: TrialSpec) -> float:
     return math.inf if spec.method == "standard" else 1.0
 
 
+def model_config(spec: TrialSpec) -> dict[str, str]:
+    """The arguments of ``build_model`` that rebuild this attempt's model."""
+    return {"method": spec.method, "size": spec.size, "dataset": spec.dataset}
+
+
 def model_input(spec: TrialSpec) -> tuple[int, int, int]:
     info = DATASETS[spec.dataset]
     return (info.channels, info.image_size, info.image_size)
@@ -128,6 +152,8 @@ class Attempt:
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.seconds_before = 0.0  # device-seconds used by earlier runs of this attempt
+        self.run = 0  # 0 for the first run; each resume from a checkpoint adds one
+        self.started_at = now()  # of the first run: a resumed attempt keeps it
         self.run_started = time.monotonic()
 
     def device_seconds(self) -> float:
@@ -139,9 +165,12 @@ class Attempt:
         """Write the checkpoint atomically: a crash leaves the old one or the new one."""
         state = {
             "model": self.model.state_dict(),
+            "model_config": model_config(self.spec),  # what rebuilds the model: build_model(**)
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
+            "run": self.run,
+            "started_at": self.started_at,
             "history": self.history,
             "device_seconds": self.device_seconds(),
             "rng_cpu": torch.get_rng_state(),
@@ -167,6 +196,8 @@ class Attempt:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
+        self.run = int(state.get("run", 0)) + 1
+        self.started_at = str(state.get("started_at", self.started_at))
         self.history = list(state["history"])
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"] and torch.cuda.is_available():
@@ -182,9 +213,15 @@ class Attempt:
         return float(json.loads(progress.read_text()).get("device_seconds", 0.0))
 
     def record_progress(self) -> None:
-        """A small file rewritten every epoch: lets `status` and the ledger see live usage."""
+        """A small file rewritten when a run starts and after every epoch: `status` sees live
+        usage and which process trains the attempt; a resume sees the time a kill lost."""
         temporary = self.workdir / (PROGRESS + ".tmp")
-        progress = {"epoch": self.epoch, "device_seconds": self.device_seconds()}
+        progress = {
+            "epoch": self.epoch,
+            "device_seconds": self.device_seconds(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
         temporary.write_text(json.dumps(progress))
         os.replace(temporary, self.workdir / PROGRESS)
 
@@ -234,24 +271,28 @@ def run_attempt(
     workdir.mkdir(parents=True, exist_ok=True)
     attempt: Attempt | None = None
     try:
-        attempt = Attempt(spec, workdir)
-        if attempt.restore():
-            outcome.resumed_from_epoch = attempt.epoch
-        train, held_out = load_data(spec)
-        _train_to_end(attempt, train, held_out, on_epoch)
-        outcome.status = "completed"
-        if spec.stage == "final":
-            certify_with_bound(attempt, held_out, outcome)
+        with memory_cap(torch.device(spec.device), spec.memory_limit_gib):
+            attempt = Attempt(spec, workdir)
+            if attempt.restore():
+                outcome.resumed_from_epoch = attempt.epoch
+            train, held_out = load_data(spec)
+            _train_to_end(attempt, train, held_out, on_epoch)
+            outcome.status = "completed"
+            if spec.stage == "final":
+                certify_with_bound(attempt, held_out, outcome)
     except NonFiniteError as error:
         outcome.status, outcome.error = "nan", str(error)
-    except torch.OutOfMemoryError as error:
-        outcome.status, outcome.error = "oom", str(error).splitlines()[0]
-    except Exception:
-        outcome.status, outcome.error = "failed", traceback.format_exc().strip().splitlines()[-1]
+    except Exception as error:
+        if is_out_of_memory(error):
+            outcome.status, outcome.error = "oom", str(error).splitlines()[0]
+        else:
+            last_line = traceback.format_exc().strip().splitlines()[-1]
+            outcome.status, outcome.error = "failed", last_line
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if attempt is not None:
+        outcome.started_at = attempt.started_at
         outcome.epochs_done = attempt.epoch
         outcome.history = attempt.history
         outcome.device_seconds = attempt.device_seconds()
@@ -289,17 +330,28 @@ def _train_to_end(
     train_batches = attempt.batches(train, train=True)
     eval_batches = attempt.batches(held_out, train=False)
     last_save = time.monotonic()
+    attempt.record_progress()
+    measured_train = measured_eval = False  # peak memory: first epoch and evaluation per run
     while attempt.epoch < spec.epochs:
         start = time.monotonic()
         row: dict[str, float] = {
             "epoch": attempt.epoch + 1,
+            "run": attempt.run,  # which run of the attempt trained this epoch
             "lr": attempt.scheduler.get_last_lr()[0],
         }
-        row.update(attempt.train_epoch(train_batches))
+        with PeakMemory(attempt.device) if not measured_train else nullcontext() as memory:
+            row.update(attempt.train_epoch(train_batches))
+        if not measured_train:
+            row["train_peak_bytes"], measured_train = memory.peak_bytes, True
         row["train_seconds"] = time.monotonic() - start
         attempt.epoch += 1
         if attempt.eval_due():
-            row.update(evaluate(attempt.model, eval_batches, lipschitz=assumed_lipschitz(spec)))
+            start = time.monotonic()
+            with PeakMemory(attempt.device) if not measured_eval else nullcontext() as memory:
+                row.update(evaluate(attempt.model, eval_batches, assumed_lipschitz(spec)))
+            if not measured_eval:
+                row["inference_peak_bytes"], measured_eval = memory.peak_bytes, True
+            row["eval_seconds"] = time.monotonic() - start
         attempt.scheduler.step()
         attempt.history.append(row)
         due = attempt.epoch % spec.checkpoint_every_epochs == 0
@@ -315,7 +367,8 @@ def _train_to_end(
 def _last_metrics(history: list[dict[str, float]]) -> dict[str, float]:
     for row in reversed(history):
         if "accuracy" in row:
-            return {k: v for k, v in row.items() if k not in ("epoch", "lr")}
+            kept = ("epoch", "run", "lr", "train_peak_bytes", "inference_peak_bytes")
+            return {k: v for k, v in row.items() if k not in kept}
     return {}
 
 

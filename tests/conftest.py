@@ -36,14 +36,8 @@ def ray_session():
     """One local Ray instance for the whole test session (~3 s and ~0.8 GiB each)."""
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-        configure_logging=False,
-    )
+    from lipsweep.ray_local import start_local_ray
+
+    start_local_ray(num_cpus=2)
     yield ray
     ray.shutdown()

@@ -15,13 +15,24 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
+import torch
 from rich.console import Console
 
+from lipsweep.certify import evaluate
+from lipsweep.data import Batches
 from lipsweep.engine import load_model, retry_seed, run_trial
 from lipsweep.launch_command import launch
 from lipsweep.results import read_attempts, read_history
 from lipsweep.status_command import status_table
-from lipsweep.sweep import SEARCH_SPACE, SweepConfig, plan_cell
+from lipsweep.sweep import (
+    LR_RANGE,
+    WEIGHT_DECAY_RANGE,
+    CellPlan,
+    SweepConfig,
+    plan_cell,
+    save_plan,
+)
+from lipsweep.trial import TrialSpec, load_data
 
 CONFIG = SweepConfig(
     sweep_id="t",
@@ -38,53 +49,127 @@ CONFIG = SweepConfig(
 QUIET = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives for the session
 
 
+def cifar_config(shared_data: Path, **changes: object) -> SweepConfig:
+    """Tiny models on the real CIFAR-10 subset: 64 examples per split, 2 epochs."""
+    base = replace(
+        CONFIG,
+        datasets=("cifar10",),
+        data_dir=str(shared_data),
+        max_examples=64,
+        batch_size=64,
+    )
+    return replace(base, **changes)
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIPSWEEP_CACHE", str(tmp_path / "cache"))
 
 
-def test_sweep_runs_search_select_final_into_parquet(tmp_path: Path, ray_session) -> None:
-    launch(CONFIG, tmp_path, None, QUIET)
+def test_sweep_runs_search_select_final_into_parquet(
+    tmp_path: Path, shared_data: Path, ray_session
+) -> None:
+    config = cifar_config(shared_data)
+    launch(config, tmp_path, None, QUIET)
     attempts = read_attempts(tmp_path)
     search = attempts[attempts["stage"] == "search"]
     finals = attempts[attempts["stage"] == "final"]
     assert len(search) == 4 and len(finals) == 2
     assert set(attempts["status"]) == {"completed"}
     assert attempts["attempt_id"].is_unique
+    assert set(attempts["dataset"]) == {"cifar10"}
     assert (search["eval_split"] == "val").all() and (finals["eval_split"] == "test").all()
-    assert search["lr"].between(*SEARCH_SPACE["lr"]).all()
-    assert search["weight_decay"].between(*SEARCH_SPACE["weight_decay"]).all()
+    assert search["lr"].between(*LR_RANGE).all()
+    assert search["weight_decay"].between(*WEIGHT_DECAY_RANGE).all()
     assert (attempts["epochs_done"] == 2).all() and (attempts["gpu_hours"] > 0).all()
     assert (attempts["cra_36"] <= attempts["accuracy"]).all()
+    assert (attempts["cra_255"] <= attempts["cra_36"]).all()
+    # Speed and memory of every attempt, measured while it trained.
+    assert (attempts["train_throughput"] > 0).all() and (attempts["inference_throughput"] > 0).all()
+    assert (attempts["train_peak_bytes"] > 0).all() and attempts[
+        "inference_peak_bytes"
+    ].notna().all()
+    assert (finals["lipschitz_bound"] <= 1 + 1e-4).all()
     for method in ("aol", "sll"):
         mine = search[search["method"] == method]
         # Best validation CRA; ties go to the lower trial index.
         best = mine.sort_values(["cra_36", "trial_index"], ascending=[False, True]).iloc[0]
         final = finals[finals["method"] == method].iloc[0]
         assert (final["lr"], final["weight_decay"]) == (best["lr"], best["weight_decay"])
-    assert len(read_history(tmp_path)) == 2 * len(attempts)
-    # The Optuna studies are durable and know every result.
+    history = read_history(tmp_path)
+    assert len(history) == 2 * len(attempts) and (history["run"] == 0).all()
+    assert (history["eval_seconds"] > 0).all()
+    # The Optuna studies are durable, hold the trials that ran and know every result.
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal"))
     )
-    study = optuna.load_study(study_name="t/digits-XS-aol", storage=storage)
+    study = optuna.load_study(study_name="t/cifar10-XS-aol", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
-    # The final model is kept and reloads, ready to certify.
-    model = load_model(tmp_path, "digits", "XS", "aol")
+    ran = search[search["method"] == "aol"].sort_values("trial_index")
+    assert [t.params["lr"] for t in study.trials] == ran["lr"].tolist()
+    assert [t.value for t in study.trials] == ran["cra_36"].tolist()
+    # The final model is kept and reloads, ready to certify: it scores what its run scored.
+    model = load_model(tmp_path, "cifar10", "XS", "aol")
     assert not model.training
+    spec = TrialSpec("cifar10", "XS", "aol", 1, 0.1, 0.0, 0, data_dir=str(shared_data))
+    _, test_split = load_data(replace(spec, max_examples=config.max_examples))
+    scores = evaluate(model, Batches(test_split, 64, False, torch.Generator(), torch.device("cpu")))
+    final_aol = finals[finals["method"] == "aol"].iloc[0]
+    assert scores["accuracy"] == pytest.approx(final_aol["accuracy"])
+    assert scores["cra_36"] == pytest.approx(final_aol["cra_36"])
     # Status reads the folder alone and shows every cell done.
     recorder = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
     recorder.print(status_table(tmp_path))
     text = recorder.export_text()
-    assert "digits-XS-aol" in text and "digits-XS-sll" in text
+    assert "cifar10-XS-aol" in text and "cifar10-XS-sll" in text
     assert text.count("2/2") == 2 and text.count("1/1") == 2 and "6 attempts finished" in text
+    assert "nothing left to run" in text
     # Launching again finds everything done and runs nothing.
-    launch(CONFIG, tmp_path, None, QUIET)
+    launch(config, tmp_path, None, QUIET)
     again = read_attempts(tmp_path)
     assert sorted(again["attempt_id"]) == sorted(attempts["attempt_id"])
     assert (
         again.set_index("attempt_id")["ended_at"] == attempts.set_index("attempt_id")["ended_at"]
     ).all()
+
+
+def test_nan_and_out_of_memory_attempts_are_recorded_while_the_sweep_goes_on(
+    tmp_path: Path, shared_data: Path, ray_session
+) -> None:
+    """The standard conv diverges at these learning rates (every retry too); LOT needs about
+    3 GB here (its parametrization, measured) and is capped at 1 GiB; AOL trains on to its
+    final run."""
+    config = cifar_config(
+        shared_data,
+        methods=("standard", "lot", "aol"),
+        trials=1,
+        batch_size=16,
+        lr_range=(1e4, 1e6),
+        memory_per_trial_gib=1.0,
+        cpus_per_trial=2,
+    )
+    for method in config.methods:  # stored plans, as a resumed sweep has: no calibration
+        save_plan(tmp_path, CellPlan("cifar10", "XS", method, 1.0, {"1h": 2}))
+    launch(config, tmp_path, None, QUIET)
+    attempts = read_attempts(tmp_path).sort_values(["method", "stage", "attempt"])
+    standard = attempts[attempts["method"] == "standard"]
+    assert list(standard["status"]) == ["nan"] * 3 and standard["seed"].nunique() == 3
+    assert standard["error"].str.contains("non-finite").all()
+    lot = attempts[attempts["method"] == "lot"]
+    assert list(lot["status"]) == ["oom"] and list(lot["stage"]) == ["search"]
+    assert "can't allocate memory" in lot.iloc[0]["error"]
+    aol = attempts[attempts["method"] == "aol"]
+    assert list(aol["stage"]) == ["final", "search"] and set(aol["status"]) == {"completed"}
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal"))
+    )
+    states = {
+        method: [t.state.name for t in optuna.load_study(
+            study_name=f"t/cifar10-XS-{method}", storage=storage
+        ).trials]
+        for method in ("standard", "lot", "aol")
+    }  # fmt: skip
+    assert states == {"standard": ["FAIL"], "lot": ["FAIL"], "aol": ["COMPLETE"]}
 
 
 def test_a_different_launch_into_the_same_folder_is_refused(tmp_path: Path) -> None:
@@ -170,7 +255,8 @@ def test_gpu_hour_cap_is_respected_within_one_attempt(tmp_path: Path, ray_sessio
     assert "would pass --max-gpu-hours" in output.export_text()
 
 
-def _launch_command(out: Path) -> list[str]:
+def _launch_command(out: Path, shared_data: Path) -> list[str]:
+    """A small CIFAR-10 sweep through the CLI: 2 cells x 2 trials of 3 epochs, then finals."""
     return [
         sys.executable,
         "-m",
@@ -179,7 +265,9 @@ def _launch_command(out: Path) -> list[str]:
         "--out",
         str(out),
         "--datasets",
-        "digits",
+        "cifar10",
+        "--data-dir",
+        str(shared_data),
         "--sizes",
         "XS",
         "--methods",
@@ -187,41 +275,64 @@ def _launch_command(out: Path) -> list[str]:
         "--trials",
         "2",
         "--search-budget",
-        "8s",
+        "1h",
         "--budget",
-        "8s",
+        "1h",
+        "--max-epochs",
+        "3",
+        "--max-examples",
+        "64",
         "--batch-size",
-        "128",
+        "64",
+        "--checkpoint-every",
+        "1",
     ]
 
 
 def _kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL the driver and every process it started (Ray's), by PID."""
+    """SIGKILL the driver and every process it started (Ray's), by PID, and wait until they
+    are gone."""
     children = psutil.Process(process.pid).children(recursive=True)
     process.send_signal(signal.SIGKILL)
     for child in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.send_signal(signal.SIGKILL)
     process.wait()
+    psutil.wait_procs(children, timeout=10)
 
 
 @pytest.mark.slow
-def test_sigkill_driver_mid_sweep_then_resume_runs_every_attempt_once(tmp_path: Path) -> None:
+def test_sigkill_driver_mid_sweep_then_resume_runs_every_attempt_once(
+    tmp_path: Path, shared_data: Path
+) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LIPSWEEP_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "sweep"
     process = subprocess.Popen(
-        _launch_command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _launch_command(out, shared_data),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 400
     while time.monotonic() < deadline and process.poll() is None:
-        finished = len(read_attempts(out)) if (out / "results").exists() else 0
-        checkpoints = list((out / "attempts").glob("*/progress.json"))
-        if finished >= 1 and any(json.loads(p.read_text())["epoch"] >= 1 for p in checkpoints):
+        finished = set(read_attempts(out)["attempt_id"]) if (out / "results").exists() else set()
+        midway = [
+            p.parent.name
+            for p in (out / "attempts").glob("*/progress.json")
+            if p.parent.name not in finished and json.loads(p.read_text())["epoch"] >= 1
+        ]
+        if finished and midway:
             break
         time.sleep(0.2)
     assert process.poll() is None, "the sweep finished before it could be killed"
     _kill_tree(process)
     before = read_attempts(out)
+    midway = [a for a in midway if a not in set(before["attempt_id"])]
+    assert midway, "every attempt caught mid-way finished before the kill"
+    recorder = Console(record=True, width=250, file=open(os.devnull, "w"))  # noqa: SIM115
+    recorder.print(status_table(out))
+    text = " ".join(recorder.export_text().split())
+    assert "0 running" in text and "nothing running now" in text, text
 
     resumed = subprocess.run(
         [sys.executable, "-m", "lipsweep", "resume", str(out)],
@@ -241,12 +352,16 @@ def test_sigkill_driver_mid_sweep_then_resume_runs_every_attempt_once(tmp_path: 
     assert kept.tolist() == before.set_index("attempt_id")["ended_at"].tolist()
     files = list((out / "results" / "attempts").rglob("*.parquet"))
     assert len(files) == len(attempts)
+    # The attempts caught mid-way resumed from their checkpoints: their history says so.
+    resumed_rows = attempts.set_index("attempt_id").loc[midway]
+    assert (resumed_rows["resumed_from_epoch"] >= 1).all()
+    history = read_history(out)
+    assert set(history[history["attempt_id"].isin(midway)]["run"]) == {0, 1}
 
 
 def test_a_stored_plan_is_reused_instead_of_recalibrating(tmp_path: Path) -> None:
     """A resume (or requeue on other hardware) must train the epochs the sweep started with."""
     from lipsweep.launch_command import make_plans
-    from lipsweep.sweep import CellPlan, save_plan
 
     stored = CellPlan("digits", "XS", "aol", 123.0, {"1h": 7})
     save_plan(tmp_path, stored)
@@ -254,8 +369,9 @@ def test_a_stored_plan_is_reused_instead_of_recalibrating(tmp_path: Path) -> Non
     assert make_plans(config, QUIET, tmp_path) == [stored]
 
 
-def test_tpe_asks_each_wave_after_telling_the_last(tmp_path: Path, ray_session) -> None:
-    """With one trial at a time, TPE's second trial is asked only once the first is told."""
+def test_tpe_is_asked_only_when_a_slot_is_free(tmp_path: Path, ray_session) -> None:
+    """With one slot, TPE's second trial is asked only once the first is told, so it
+    conditions on the first result."""
     config = replace(
         CONFIG, methods=("aol",), sampler="tpe", cpus_per_trial=2, max_epochs=1, trials=2
     )

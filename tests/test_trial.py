@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,7 @@ def test_sigkill_then_resume_completes_with_a_consistent_history(tmp_path: Path)
     killed_at = torch.load(workdir / CHECKPOINT, weights_only=True)["epoch"]
     assert 2 <= killed_at < epochs, "the run finished before it could be killed"
 
+    resumed_at = datetime.now(UTC)
     resumed = subprocess.run(
         _train_command(tmp_path / "runs", epochs),
         env=env,
@@ -148,7 +150,11 @@ def test_sigkill_then_resume_completes_with_a_consistent_history(tmp_path: Path)
     result = json.loads((workdir / "result.json").read_text())["outcome"]
     assert result["status"] == "completed"
     assert result["resumed_from_epoch"] == killed_at
+    assert datetime.fromisoformat(result["started_at"]) < resumed_at  # the first run's start
     assert [row["epoch"] for row in result["history"]] == list(range(1, epochs + 1))
+    # The history says which run trained each epoch: the killed one, then the resumed one.
+    runs = [row["run"] for row in result["history"]]
+    assert runs == [0] * killed_at + [1] * (epochs - killed_at)
 
     # The resumed attempt trained exactly as an uninterrupted one would have.
     uninterrupted = run_attempt(replace(DIGITS, epochs=epochs), tmp_path / "straight")

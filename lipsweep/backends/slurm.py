@@ -2,10 +2,11 @@
 
 A cell (dataset, size, method) is the protocol's independent unit: its search trials, the
 selection and its final runs need nothing from other cells. So each cell becomes one task of one
-job array (``--array-parallelism`` bounds how many run at once); a task starts Ray local to its
-allocation and runs ``engine.run_sweep`` restricted to its cell. Everything durable stays in the
-sweep folder (Optuna journal, Parquet, checkpoints), so a requeued, preempted or cancelled task
-that runs again does only what is missing and resumes interrupted attempts from their checkpoints.
+job array (``--array-parallelism`` bounds how many run at once). This module is the submit side;
+what a task runs is ``jobs.cell.CellJob`` (Ray local to its allocation, then ``engine.run_sweep``
+restricted to its cell). Everything durable stays in the sweep folder (Optuna journal, Parquet,
+checkpoints), so a requeued, preempted or cancelled task that runs again does only what is
+missing and resumes interrupted attempts from their checkpoints.
 
 Files: ``<out>/slurm/`` is submitit's folder (flat: Slurm 22.05 loses array logs whose folder
 does not exist yet) and ``<out>/slurm/jobs.json`` maps each cell to its job ids.
@@ -14,9 +15,7 @@ does not exist yet) and ``<out>/slurm/jobs.json`` maps each cell to its job ids.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import time
 import tomllib
@@ -26,7 +25,8 @@ from typing import Any
 
 from rich.console import Console
 
-from lipsweep.sweep import CellPlan, SweepConfig, cell_name, load_plan, save_plan
+from jobs.cell import CellJob
+from lipsweep.sweep import CellPlan, SweepConfig, cell_name, save_plan
 
 JOBS_FILE = "jobs.json"
 
@@ -104,95 +104,6 @@ def make_executor(out: Path, options: SlurmOptions, name: str) -> Any:
             parameters[f"slurm_{key}"] = getattr(options, key)
     executor.update_parameters(**parameters)
     return executor
-
-
-# ----------------------------------------------------------------------------- inside the job
-
-
-def allocation_gpus() -> int:
-    """GPUs this job may use (CUDA_VISIBLE_DEVICES, set by SLURM's gres)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    return len([d for d in visible.split(",") if d.strip()])
-
-
-def allocation_cpus() -> int:
-    return int(os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE") or 1)
-
-
-def start_ray(temp: Path) -> None:
-    """Ray local to this job: its own short temp dir, the allocation's CPUs and GPUs, bound to
-    127.0.0.1 (never 0.0.0.0), no dashboard."""
-    import ray
-
-    temp.mkdir(parents=True, exist_ok=True)
-    os.environ["RAY_TMPDIR"] = str(temp)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        address="local",
-        num_cpus=allocation_cpus(),
-        num_gpus=allocation_gpus(),
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=str(temp),
-    )
-
-
-class CellJob:
-    """What each SLURM task runs: one cell's search and final stage, on Ray local to the job.
-
-    ``checkpoint`` makes submitit requeue the job on preemption or time limit (the same cell
-    again: finished attempts are skipped, interrupted ones resume from their checkpoints)."""
-
-    def __init__(self, out: Path, config: SweepConfig, cell: str, plan: CellPlan | None) -> None:
-        self.out = Path(out).resolve()
-        self.config = config
-        self.cell = cell
-        self.plan = plan  # None: calibrate inside the job (a GPU cell on a CPU login node)
-
-    def __call__(self) -> str:
-        import ray
-
-        from lipsweep.engine import run_sweep
-
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        # Short (Ray's socket paths are limited) and unique even when two test clusters on one
-        # machine both number their jobs from 1.
-        temp = Path(f"/tmp/r{os.environ.get('SLURM_JOB_ID', '')}_{os.getpid()}")
-        plan = self.plan or self._calibrate()
-        start_ray(temp)
-        try:
-            run_sweep(self.config, self.out, [plan], Console(), cells=[self.cell])
-        finally:
-            ray.shutdown()
-            shutil.rmtree(temp, ignore_errors=True)
-        return self.cell
-
-    def _calibrate(self) -> CellPlan:
-        from lipsweep.sweep import check_epochs, plan_cell, planned_trials
-
-        dataset, size, method = self.cell_key()
-        stored = load_plan(self.out, dataset, size, method)
-        if stored is not None:  # a requeued job keeps the epochs the cell started with
-            return stored
-        device = "cuda" if self.config.gpus_per_trial > 0 else "cpu"
-        plan = plan_cell(self.config, dataset, size, method, device)
-        check_epochs(planned_trials(self.config, [plan]))
-        save_plan(self.out, plan)
-        return plan
-
-    def cell_key(self) -> tuple[str, str, str]:
-        for key in self.config.cells():
-            if cell_name(*key) == self.cell:
-                return key
-        raise ValueError(f"{self.cell} is not a cell of sweep {self.config.sweep_id}")
-
-    def checkpoint(self) -> Any:
-        """Requeue this cell (submitit calls it on SIGUSR2 before a preemption or time limit)."""
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(self)
 
 
 # ----------------------------------------------------------------------------- submit side
