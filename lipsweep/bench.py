@@ -13,7 +13,6 @@ Single-layer costs and the scaling fits against the paper's Table 1 are in ``lip
 from __future__ import annotations
 
 import ctypes
-import importlib
 import math
 import uuid
 from collections.abc import Iterable
@@ -235,18 +234,11 @@ def read_bench(out: Path) -> pd.DataFrame:
     return dataset.to_table().to_pandas()
 
 
-def make_figures(frame: pd.DataFrame, out_dir: Path, console: Console) -> Any:
-    """``analysis.figures.speed_memory_figures(frame, out_dir)`` when that function exists."""
-    try:
-        figures = importlib.import_module("analysis.figures")
-    except ImportError as error:
-        console.print(f"[dim]no figures: analysis.figures not importable ({error})[/dim]")
-        return None
-    function = getattr(figures, "speed_memory_figures", None)
-    if function is None:
-        console.print("[dim]no figures: analysis.figures has no speed_memory_figures[/dim]")
-        return None
-    return function(frame, out_dir)
+def make_figures(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The paper-style log-scale speed and memory figures (``analysis.figures``)."""
+    from analysis.figures import speed_memory_figures  # matplotlib only when figures are drawn
+
+    return speed_memory_figures(frame, out_dir)
 
 
 def run_bench(
@@ -283,5 +275,6 @@ def run_bench(
     run_id = new_run_id()
     paths = save_frame(frame, Path(out), run_id)
     console.print(f"wrote {len(paths)} Parquet files under {Path(out) / 'results' / 'bench'}")
-    make_figures(frame, Path(out) / "figures", console)
+    figures = make_figures(frame, Path(out) / "figures")
+    console.print(f"wrote {len(figures)} figures under {Path(out) / 'figures'}")
     return frame

@@ -54,7 +54,7 @@ def sweep_config(**changes: object) -> SweepConfig:
     """The sweep tests' tiny digits sweep (real images, no download) at 256 examples; the tests
     store its plans (store_plans). The CIFAR-10 subset is not used here: on 2 busy CPU cores a
     final run's Lipschitz bound at 32x32 alone took about a minute, too slow for these tests."""
-    return replace(CONFIG, sweep_id="s", batch_size=128, max_examples=256, **changes)
+    return replace(CONFIG, **{"sweep_id": "s", "batch_size": 128, "max_examples": 256, **changes})
 
 
 # Interrupted mid-attempt: the whole digits training set (11 batches, 1-3 s an epoch here), 8
