@@ -3,8 +3,8 @@
 ``run_bench`` measures each (method, size) model on one device in one run: training time per
 batch (forward + sum().backward() + SGD step), cached inference time per batch, the first eval
 batch's caching time, the uncached forward (train mode under no_grad), peak memories and
-throughputs. On a CPU the memories come from a second pass after all timings (see
-``honest_cpu_memory``). Every figure is also given as a ratio to the standard conv of the same size,
+throughputs. On a CPU the memories come from a second pass, one fresh process per model (see
+``cpu_memory_in_fresh_process``). Every figure is also given as a ratio to the standard conv of the same size,
 measured in the same run, because absolute timings on a shared machine are noisy. Results go
 to ``out/results/bench/dataset=<d>/method=<m>/<run-id>.parquet`` (atomic, hive-partitioned).
 Single-layer costs and the scaling fits against the paper's Table 1 are in ``lipsweep.scaling``.
@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import ctypes
 import math
+import multiprocessing
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,27 @@ def cell_memory(
     return {"train_peak_bytes": train_bytes, "inference_peak_bytes": inference_bytes}
 
 
+def _fresh_cpu_process(threads: int) -> None:
+    if not honest_cpu_memory():
+        raise RuntimeError("cannot set glibc's mmap threshold: CPU peak memory is not measurable")
+    torch.set_num_threads(threads)
+
+
+def cpu_memory_in_fresh_process(
+    method: str, size: str, dataset: str, batch_size: int
+) -> dict[str, int]:
+    """``cell_memory`` on the CPU in a new process set up by ``honest_cpu_memory`` first.
+
+    Pitfall: in a process that has already trained, glibc serves large allocations from the
+    freed memory it keeps (mmap only happens when no free chunk fits), so the resident set
+    hardly grows and the sampled peak reads as a few KiB. A fresh process has no such heap."""
+    context = multiprocessing.get_context("spawn")
+    setup = (torch.get_num_threads(),)
+    with ProcessPoolExecutor(1, context, initializer=_fresh_cpu_process, initargs=setup) as pool:
+        cpu = torch.device("cpu")
+        return pool.submit(cell_memory, method, size, dataset, batch_size, cpu).result()
+
+
 def add_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     """``<figure>_ratio`` = figure / the standard conv's figure at the same size (NaN when
     the run has no standard row for that size or its figure is 0)."""
@@ -264,11 +287,11 @@ def run_bench(
         rows.append(bench_cell(method, size, dataset, batch_size, device, batches, warmup))
     # On a CPU the peak-RSS sampler needs glibc to return freed memory at once, which makes
     # every large allocation a fresh mmap: training then runs ~2x slower, so memory is
-    # measured in a second pass, after every timing.
-    if device.type == "cpu" and honest_cpu_memory():
+    # measured in a second pass, after every timing, each model in a fresh process.
+    if device.type == "cpu":
         for row, (method, size) in zip(rows, cells, strict=True):
-            console.print(f"[dim]memory {dataset} {size} {method}[/dim]")
-            row.update(cell_memory(method, size, dataset, batch_size, device))
+            console.print(f"[dim]memory {dataset} {size} {method} (fresh process)[/dim]")
+            row.update(cpu_memory_in_fresh_process(method, size, dataset, batch_size))
     frame = add_ratios(pd.DataFrame(rows))
     frame["measured_at"] = pd.Timestamp.now(tz="UTC").floor("s")
     console.print(render_table(frame, f"lipsweep bench: {dataset}, {frame['device'].iloc[0]}"))

@@ -16,9 +16,18 @@ import pytest
 import torch
 from rich.console import Console
 
-from lipsweep.bench import BASELINE, RATIO_FIGURES, add_ratios, read_bench, run_bench
+from lipsweep.bench import (
+    BASELINE,
+    RATIO_FIGURES,
+    add_ratios,
+    cpu_memory_in_fresh_process,
+    read_bench,
+    run_bench,
+)
 from lipsweep.layers import LAYERS
 from lipsweep.layers.numerics import bjorck_orthonormalize
+from lipsweep.measure import time_training
+from lipsweep.model import build_model
 from lipsweep.scaling import (
     FIGURES,
     count_torch_calls,
@@ -221,3 +230,27 @@ def test_cli_bench_scaling_prints_and_writes_the_fits(tmp_path: Path) -> None:
     assert sorted(back["method"].unique()) == ["sll", "standard"] and len(back) == 2 * len(FIGURES)
     refused = bench("--channels", "4")
     assert refused.returncode != 0 and "two distinct" in refused.stderr + refused.stdout
+
+
+def test_cpu_peak_memory_is_at_least_the_largest_activation() -> None:
+    """The CPU memory pass runs in a fresh process: in one that has trained already, glibc
+    reuses its freed heap and the sampled peak read a few KiB. Lower bound: the largest
+    output of any module, which must be alive at once in training and in inference."""
+    batch = 32
+    model = build_model("standard", "XS", "cifar10")
+    time_training(model, torch.randn(batch, 3, 32, 32), 1)  # this process has trained now
+    largest: list[int] = []
+    hooks = [
+        module.register_forward_hook(
+            lambda _m, _i, out: largest.append(out.numel() * out.element_size())
+        )
+        for module in model.modules()
+    ]
+    with torch.no_grad():
+        model(torch.randn(batch, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    peaks = cpu_memory_in_fresh_process("standard", "XS", "cifar10", batch)
+    assert max(largest) > 1 << 20
+    assert peaks["train_peak_bytes"] >= max(largest)
+    assert peaks["inference_peak_bytes"] >= max(largest)
