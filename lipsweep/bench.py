@@ -24,7 +24,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -32,7 +31,7 @@ from rich.table import Table
 from lipsweep.data import DATASETS
 from lipsweep.measure import measure_model, time_inference, time_training, timed
 from lipsweep.model import build_model
-from lipsweep.results import write_atomic
+from lipsweep.results import read_partitioned, write_partitioned
 
 # Training-set sizes used for seconds per epoch (the paper trains on the full training set).
 TRAIN_EXAMPLES = {"cifar10": 50_000, "cifar100": 50_000, "tiny-imagenet": 100_000, "digits": 1437}
@@ -233,28 +232,13 @@ def new_run_id() -> str:
 def save_frame(frame: pd.DataFrame, out: Path, run_id: str) -> list[Path]:
     """One Parquet file per (dataset, method) of this run, written atomically:
     ``out/results/bench/dataset=<d>/method=<m>/<run_id>.parquet``."""
-    paths = []
-    for (dataset, method), group in frame.groupby(list(PARTITIONS), sort=False):
-        rows = group.assign(run_id=run_id).to_dict("records")
-        columns = {name: [row.get(name) for row in rows] for name in BENCH_SCHEMA.names}
-        path = out / "results" / "bench" / f"dataset={dataset}" / f"method={method}"
-        path = path / f"{run_id}.parquet"
-        write_atomic(pa.table(columns, schema=BENCH_SCHEMA), path)
-        paths.append(path)
-    return paths
+    folder = out / "results" / "bench"
+    return write_partitioned(frame.assign(run_id=run_id), folder, BENCH_SCHEMA, PARTITIONS, run_id)
 
 
 def read_bench(out: Path) -> pd.DataFrame:
     """Every benchmark row under ``out``, partition columns included."""
-    folder = out / "results" / "bench"
-    full = pa.schema([*BENCH_SCHEMA, *[(key, pa.string()) for key in PARTITIONS]])
-    if not folder.is_dir():
-        return full.empty_table().to_pandas()
-    partitioning = ds.partitioning(
-        pa.schema([(key, pa.string()) for key in PARTITIONS]), flavor="hive"
-    )
-    dataset = ds.dataset(folder, format="parquet", partitioning=partitioning, schema=full)
-    return dataset.to_table().to_pandas()
+    return read_partitioned(out / "results" / "bench", BENCH_SCHEMA, PARTITIONS)
 
 
 def make_figures(frame: pd.DataFrame, out_dir: Path) -> list[Path]:

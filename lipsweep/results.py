@@ -13,9 +13,10 @@ Rewriting an attempt (a requeued job finishing it) replaces its file: ``attempt_
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,22 +136,47 @@ def write_attempt(root: Path, row: Mapping[str, Any], history: list[Mapping[str,
     return path
 
 
-def _read(root: Path, table: str, schema: pa.Schema) -> pd.DataFrame:
-    folder = root / "results" / table
-    partitioning = ds.partitioning(
-        pa.schema([(key, pa.string()) for key in PARTITIONS]), flavor="hive"
-    )
-    full = pa.schema([*schema, *[(key, pa.string()) for key in PARTITIONS]])
+def read_partitioned(
+    folder: Path, schema: pa.Schema, partitions: Sequence[str] = PARTITIONS
+) -> pd.DataFrame:
+    """Every file of a hive-partitioned dataset under ``folder`` as one frame, the partition
+    columns included (strings); an empty frame of that schema when the folder is absent."""
+    full = pa.schema([*schema, *[(key, pa.string()) for key in partitions]])
     if not folder.is_dir():
         return full.empty_table().to_pandas()
+    partitioning = ds.partitioning(
+        pa.schema([(key, pa.string()) for key in partitions]), flavor="hive"
+    )
     dataset = ds.dataset(folder, format="parquet", partitioning=partitioning, schema=full)
     return dataset.to_table().to_pandas()
+
+
+def write_partitioned(
+    frame: pd.DataFrame, folder: Path, schema: pa.Schema, partitions: Sequence[str], name: str
+) -> list[Path]:
+    """One file ``<folder>/<key>=<value>/.../<name>.parquet`` per partition group of
+    ``frame``, each written atomically; NaN becomes null (an integer column can hold it)."""
+    paths = []
+    for values, group in frame.groupby(list(partitions), sort=False):
+        values = values if isinstance(values, tuple) else (values,)
+        path = folder.joinpath(*[f"{k}={v}" for k, v in zip(partitions, values, strict=True)])
+        rows = group.to_dict("records")
+        columns = {column: [_null_nan(row.get(column)) for row in rows] for column in schema.names}
+        write_atomic(pa.table(columns, schema=schema), path / f"{name}.parquet")
+        paths.append(path / f"{name}.parquet")
+    return paths
+
+
+def _null_nan(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def read_attempts(*roots: Path) -> pd.DataFrame:
     """Every attempt under one or more sweep folders, one row per attempt_id (the newest
     file wins if a requeued job wrote one twice), partition columns included."""
-    frames = [_read(Path(root), "attempts", ATTEMPT_SCHEMA) for root in roots]
+    frames = [
+        read_partitioned(Path(root) / "results" / "attempts", ATTEMPT_SCHEMA) for root in roots
+    ]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if frame.empty:
         return frame
@@ -160,7 +186,9 @@ def read_attempts(*roots: Path) -> pd.DataFrame:
 
 def read_history(*roots: Path) -> pd.DataFrame:
     """Every epoch row under one or more sweep folders."""
-    frames = [_read(Path(root), "history", HISTORY_SCHEMA) for root in roots]
+    frames = [
+        read_partitioned(Path(root) / "results" / "history", HISTORY_SCHEMA) for root in roots
+    ]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if frame.empty:
         return frame

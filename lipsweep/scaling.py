@@ -27,7 +27,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -36,7 +35,7 @@ from torch.overrides import TorchFunctionMode
 from lipsweep.bench import BASELINE, new_run_id
 from lipsweep.measure import device_name, synchronize
 from lipsweep.model import make_conv
-from lipsweep.results import write_atomic
+from lipsweep.results import read_partitioned, write_partitioned
 
 
 @dataclass(frozen=True)
@@ -363,29 +362,15 @@ def _optional(value: Any) -> int | None:
 def save_scaling(frame: pd.DataFrame, out: Path, run_id: str) -> list[Path]:
     """One Parquet file per method of this run, written atomically:
     ``out/results/scaling/method=<m>/<run_id>.parquet``."""
-    paths = []
-    for method, group in frame.groupby("method", sort=False):
-        rows = group.assign(run_id=run_id).to_dict("records")
-        columns = {name: [_none(row.get(name)) for row in rows] for name in SCALING_SCHEMA.names}
-        path = out / "results" / "scaling" / f"method={method}" / f"{run_id}.parquet"
-        write_atomic(pa.table(columns, schema=SCALING_SCHEMA), path)
-        paths.append(path)
-    return paths
-
-
-def _none(value: Any) -> Any:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+    folder = out / "results" / "scaling"
+    return write_partitioned(
+        frame.assign(run_id=run_id), folder, SCALING_SCHEMA, ["method"], run_id
+    )
 
 
 def read_scaling(out: Path) -> pd.DataFrame:
     """Every scaling fit under ``out``, the method partition included."""
-    folder = out / "results" / "scaling"
-    full = pa.schema([*SCALING_SCHEMA, ("method", pa.string())])
-    if not folder.is_dir():
-        return full.empty_table().to_pandas()
-    partitioning = ds.partitioning(pa.schema([("method", pa.string())]), flavor="hive")
-    dataset = ds.dataset(folder, format="parquet", partitioning=partitioning, schema=full)
-    return dataset.to_table().to_pandas()
+    return read_partitioned(out / "results" / "scaling", SCALING_SCHEMA, ["method"])
 
 
 def run_scaling(
