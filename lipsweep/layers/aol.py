@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsweep.layers.base import CachedParametrization, require_square
+from lipsweep.layers.padding import circular_same_pad
 
 EPS = 1e-6
 
@@ -30,24 +31,6 @@ def aol_rescale(kernel: torch.Tensor) -> torch.Tensor:
     gram = F.conv2d(transposed, transposed, padding=kernel.shape[-1] - 1)  # (in, in, 2k-1, 2k-1)
     row_sums = gram.abs().sum(dim=(1, 2, 3))
     return kernel * (row_sums + EPS).rsqrt()[None, :, None, None]
-
-
-def circular_same_pad(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Pad (B, C, H, W) circularly so a k x k convolution keeps H, W, for any H, W >= 1.
-
-    Like ``nn.Conv2d(padding='same', padding_mode='circular')``, the odd pixel of an even
-    kernel goes after. Inputs smaller than the padding wrap around more than once.
-    """
-    before = (kernel_size - 1) // 2
-    after = kernel_size - 1 - before
-    height, width = x.shape[-2:]
-    if after == 0:  # k = 1: no padding, and no copy
-        return x
-    if after <= min(height, width):
-        return F.pad(x, (before, after, before, after), mode="circular")
-    rows = torch.arange(-before, height + after, device=x.device) % height
-    cols = torch.arange(-before, width + after, device=x.device) % width
-    return x[..., rows[:, None], cols]
 
 
 class AOLConv2d(CachedParametrization):

@@ -22,6 +22,7 @@ from lipsweep.layers.numerics import (
     matrix_power_iteration,
     random_unit_vectors,
 )
+from lipsweep.layers.padding import circular_same_pad
 
 
 def block_orth(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -70,18 +71,6 @@ def bcop_kernel(orthogonal: torch.Tensor, kernel_size: int) -> torch.Tensor:
     for block in blocks[1:]:
         taps = matrix_conv(taps, block)
     return taps.permute(2, 3, 0, 1).contiguous()  # contiguous: conv2d would copy it per call
-
-
-def circular_pad(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """Wrap-around padding of the last two dimensions, also for pads larger than the input."""
-    height, width = x.shape[-2:]
-    if before == after == 0:  # k = 1: no padding, and no copy
-        return x
-    if max(before, after) <= min(height, width):
-        return F.pad(x, (before, after, before, after), mode="circular")
-    rows = torch.arange(-before, height + after, device=x.device) % height
-    cols = torch.arange(-before, width + after, device=x.device) % width
-    return x[..., rows, :][..., cols]
 
 
 def warm_power_iteration(
@@ -135,7 +124,7 @@ class BCOPConv2d(CachedParametrization):
         self, x: torch.Tensor, weight: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
         kernel, bias = weight
-        padded = circular_pad(x, (self.kernel_size - 1) // 2, self.kernel_size // 2)
+        padded = circular_same_pad(x, self.kernel_size)
         return F.conv2d(padded, kernel, bias)
 
     def extra_repr(self) -> str:
