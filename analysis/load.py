@@ -14,20 +14,14 @@ from typing import Literal
 
 import pandas as pd
 
+from lipsweep.budget import budget_seconds
+from lipsweep.layers.registry import SPECS, display_name
+from lipsweep.names import SIZES
 from lipsweep.results import METRICS, read_attempts
 
+METHOD_NAMES = {name: spec.display for name, spec in SPECS.items()}
+
 MODEL_KEYS = ["dataset", "budget", "method", "size"]
-SIZES = ["XS", "S", "M", "L"]
-METHOD_NAMES = {
-    "standard": "Standard",
-    "aol": "AOL",
-    "bcop": "BCOP",
-    "cpl": "CPL",
-    "cayley": "Cayley",
-    "lot": "LOT",
-    "sll": "SLL",
-    "soc": "SOC",
-}
 DATASET_NAMES = {
     "cifar10": "CIFAR-10",
     "cifar100": "CIFAR-100",
@@ -47,8 +41,8 @@ Stage = Literal["search", "final"]
 
 
 def method_name(method: str) -> str:
-    """The paper's spelling of a method key ("cayley" -> "Cayley")."""
-    return METHOD_NAMES.get(method, method)
+    """The paper's spelling of a method key ("cayley" -> "Cayley"), from the layer registry."""
+    return display_name(method)
 
 
 def dataset_name(dataset: str) -> str:
@@ -130,6 +124,8 @@ def _sort_key(column: pd.Series) -> pd.Series:
     if column.name == "size":
         order = {s: i for i, s in enumerate(SIZES)}
         return column.map(lambda s: order.get(s, len(SIZES)))
+    if column.name == "budget":
+        return column.map(budget_seconds)
     return column
 
 

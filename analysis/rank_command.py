@@ -15,6 +15,7 @@ from analysis.paper import paper_results, with_paper_speed
 from analysis.ranking import metric_for_radius, rank_methods, rank_models
 from analysis.ratings import ratings
 from analysis.tables import delta_table, rich_ranking, rich_table2, rich_top_models, table2
+from lipsweep.budget import budget_seconds
 
 
 def sweep_models(dirs: Sequence[Path], metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -84,7 +85,7 @@ def run_rank(
         return 1
     print_ranking(models, top, metric, source, console)
     reference = paper_results()
-    for label in sorted(models["budget"].unique()):
+    for label in sorted(models["budget"].unique(), key=budget_seconds):
         ours = table2(models, label, _table_metrics(metric))
         print_tables(ours, f"{source}, {label}", console)
         if not paper:

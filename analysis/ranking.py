@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from lipsweep.budget import budget_seconds
+
 GROUP = ["dataset", "budget"]
 DEFAULT_TOP = (1, 3, 10)
 
@@ -100,7 +102,7 @@ def rank_methods(
     Counts add up over the datasets of one budget, never across budgets."""
     budgets = frame["budget"].dropna().unique() if "budget" in frame else [None]
     parts = []
-    for budget in sorted(budgets, key=_budget_hours):
+    for budget in sorted(budgets, key=budget_seconds):
         rows = frame if budget is None else frame[frame["budget"] == budget]
         ranked = rank_models(rows, metric, decimals=decimals)
         counts = top_k_counts(ranked, top, methods=rows["method"].unique())
@@ -109,11 +111,3 @@ def rank_methods(
         return pd.DataFrame(columns=["budget", "method", "score"])
     result = pd.concat(parts, ignore_index=True)
     return result[["budget", *[c for c in result if c != "budget"]]]
-
-
-def _budget_hours(budget: str | None) -> float:
-    """Sort key: "2h" < "10h" < "24h"; labels that are not hours go last."""
-    try:
-        return float(str(budget).removesuffix("h"))
-    except ValueError:
-        return float("inf")

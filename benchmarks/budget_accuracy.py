@@ -17,10 +17,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from lipsweep.attempt import TrialSpec, run_attempt
 from lipsweep.budget import parse_budget
+from lipsweep.calibrate import calibrate_cell
 from lipsweep.data import load_split
-from lipsweep.measure import calibrate_cell
-from lipsweep.trial import TrialSpec, run_attempt
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from lipsweep.launch_command import launch
+from lipsweep.backends.local import LocalBackend
+from lipsweep.config import SweepConfig
 from lipsweep.results import read_attempts, read_history
-from lipsweep.sweep import SweepConfig
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
         )
         start = pd.Timestamp.now(tz="UTC")
         clock = time.monotonic()
-        launch(config, out, None, Console(file=open(os.devnull, "w")))  # noqa: SIM115
+        LocalBackend().launch(config, out, monitor=lambda line: None)
         wall = time.monotonic() - clock
         attempts, history = read_attempts(out), read_history(out)
     train = history["train_seconds"].sum()

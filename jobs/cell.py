@@ -2,6 +2,7 @@
 inside the job.
 
 ``lipsweep launch --backend slurm`` pickles one ``CellJob`` per cell (lipsweep.backends.slurm);
+this module imports only what is below the backends (the runner and the stages).
 each array task runs ``python -u -m submitit.core._submit <out>/slurm``, which unpickles and calls
 it. ``lipsweep slurm-cell DIR CELL`` (jobs/lipsweep_cell.sbatch) calls the same class by hand.
 
@@ -19,15 +20,17 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
+from lipsweep.calibrate import plan_cell
+from lipsweep.config import SweepConfig
+from lipsweep.names import Cell
+from lipsweep.plan import CellPlan, check_epochs, load_plan, planned_trials, save_plan
 from lipsweep.process import process_alive
-from lipsweep.sweep import CellPlan, SweepConfig, cell_name, load_plan, save_plan
 
 # What SLURM sends before a preemption or the time limit (submitit's --signal=USR2@90).
 CHECKPOINT_SIGNAL = signal.SIGUSR2
@@ -87,13 +90,18 @@ def remove_stale_temp_dirs() -> list[Path]:
     return stale
 
 
+def log_line(line: str) -> None:
+    """Plain timestamped progress for the job's log (no live table in a batch job)."""
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", flush=True)
+
+
 class CellJob:
     """What each SLURM task runs: one cell's search and final stage, on Ray local to the job.
 
     ``checkpoint`` makes submitit requeue the job on preemption or time limit (the same cell
     again: finished attempts are skipped, interrupted ones resume from their checkpoints)."""
 
-    def __init__(self, out: Path, config: SweepConfig, cell: str, plan: CellPlan | None) -> None:
+    def __init__(self, out: Path, config: SweepConfig, cell: Cell, plan: CellPlan | None) -> None:
         self.out = Path(out).resolve()
         self.config = config
         self.cell = cell
@@ -102,38 +110,30 @@ class CellJob:
     def __call__(self) -> str:
         import ray
 
-        from lipsweep.engine import run_sweep
+        from lipsweep.runner import run_sweep
 
+        if self.cell not in self.config.cells():
+            raise ValueError(f"{self.cell} is not a cell of sweep {self.config.sweep_id}")
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         remove_stale_temp_dirs()
         temp = ray_temp_dir()
         plan = self.plan or self._calibrate()
         start_ray(temp)
         try:
-            run_sweep(self.config, self.out, [plan], Console(), cells=[self.cell])
+            run_sweep(self.config, self.out, [plan], cells=[self.cell], monitor=log_line)
         finally:
             ray.shutdown()
             shutil.rmtree(temp, ignore_errors=True)
-        return self.cell
+        return self.cell.name
 
     def _calibrate(self) -> CellPlan:
-        from lipsweep.sweep import check_epochs, plan_cell, planned_trials
-
-        dataset, size, method = self.cell_key()
-        stored = load_plan(self.out, dataset, size, method)
+        stored = load_plan(self.out, self.cell)
         if stored is not None:  # a requeued job keeps the epochs the cell started with
             return stored
-        device = "cuda" if self.config.gpus_per_trial > 0 else "cpu"
-        plan = plan_cell(self.config, dataset, size, method, device)
+        plan = plan_cell(self.config, self.cell)
         check_epochs(planned_trials(self.config, [plan]))
         save_plan(self.out, plan)
         return plan
-
-    def cell_key(self) -> tuple[str, str, str]:
-        for key in self.config.cells():
-            if cell_name(*key) == self.cell:
-                return key
-        raise ValueError(f"{self.cell} is not a cell of sweep {self.config.sweep_id}")
 
     def checkpoint(self) -> Any:
         """Requeue this cell (submitit calls it on SIGUSR2 before a preemption or time limit).

@@ -21,6 +21,6 @@ def load_model(
     """The trained final-run model of a sweep cell, in eval mode, ready to certify.
 
     Imported lazily so that ``import lipsweep`` (and the analysis package) needs no torch."""
-    from lipsweep.engine import load_model as load
+    from lipsweep.results.artifacts import load_model as load
 
     return load(Path(folder), dataset, size, method, budget)

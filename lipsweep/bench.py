@@ -31,7 +31,7 @@ from rich.table import Table
 from lipsweep.data import DATASETS
 from lipsweep.measure import measure_model, time_inference, time_training, timed
 from lipsweep.model import build_model
-from lipsweep.results import read_partitioned, write_partitioned
+from lipsweep.results.store import read_partitioned, write_partitioned
 
 # Training-set sizes used for seconds per epoch (the paper trains on the full training set).
 TRAIN_EXAMPLES = {"cifar10": 50_000, "cifar100": 50_000, "tiny-imagenet": 100_000, "digits": 1437}

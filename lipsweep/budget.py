@@ -1,15 +1,19 @@
-"""Time budgets as people write them ("90s", "45m", "2h", "1h30m", "1d") and back."""
+"""Time budgets as people write them ("90s", "45m", "2h", "1h30m", "1d"): parsed once into a
+``Budget``, which prints canonically and orders by duration (so 40s < 15m < 1h30m < 2h)."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+
+from lipsweep.errors import InputError
 
 UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
 _TERM = re.compile(r"(\d+(?:\.\d+)?)([dhms])")
 ACCEPTED = "a positive duration such as 90s, 45m, 2h, 1h30m or 1d (units d, h, m, s, largest first)"
 
 
-class BudgetError(ValueError):
+class BudgetError(InputError):
     """A budget string that cannot be read."""
 
 
@@ -39,3 +43,34 @@ def format_budget(seconds: float) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts) or "0s"
+
+
+@dataclass(frozen=True, order=True)
+class Budget:
+    """A duration; ``str(budget)`` is its canonical label ("1d" -> "24h")."""
+
+    seconds: float
+
+    @staticmethod
+    def parse(text: str) -> Budget:
+        return Budget(parse_budget(text))
+
+    @property
+    def label(self) -> str:
+        return format_budget(self.seconds)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def budget_label(text: str) -> str:
+    """The canonical label of a budget string, validating it."""
+    return Budget.parse(text).label
+
+
+def budget_seconds(label: str) -> float:
+    """Seconds of a budget label, for sorting labels by duration (unknown labels sort last)."""
+    try:
+        return parse_budget(label)
+    except BudgetError:
+        return float("inf")

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lipsweep.results import read_attempts
+from lipsweep.names import Cell, parse_attempt_id
+from lipsweep.results.store import read_attempts
 
 
 class Ledger:
@@ -62,10 +63,10 @@ class Ledger:
                 with self._locked():
                     (self.folder / f"{key}.json").unlink(missing_ok=True)
 
-    def clear_stale(self, cells: list[str] | None = None) -> None:
+    def clear_stale(self, cells: list[Cell] | None = None) -> None:
         """Drop reservations left by a killed driver (call before any trial starts); with
-        ``cells``, only those of these cells' attempts (ids ``<stage>-<cell>-...``)."""
+        ``cells``, only those of these cells' attempts."""
         with self._locked():
             for path in self.folder.glob("*.json"):
-                if cells is None or any(f"-{cell}-" in path.name for cell in cells):
+                if cells is None or parse_attempt_id(path.stem)[0].cell in cells:
                     path.unlink()

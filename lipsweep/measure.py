@@ -1,78 +1,18 @@
-"""Speed and memory of a model on this hardware, and budgets turned into epochs.
-
-The paper times training batches (forward, backward, SGD step) on an A100 and sets
-``epochs = floor(budget / seconds_per_epoch)`` (PAPER.md section 3). We do the same with
-synchronised timers on the hardware we run on, and also ship the paper's own 2h epoch table
-(Table 8) so a user can reproduce its epoch counts exactly.
-"""
+"""Speed and memory of a model on this hardware: synchronised timers, peak memory, and the
+paper's measurement of training and cached inference (PAPER.md section 4)."""
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import platform
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-# Paper Table 8: epochs that fit in 2 hours on an A100-80GB at batch 256, sizes XS, S, M, L.
-# CIFAR-100 uses the CIFAR-10 budgets; None = did not fit in 80 GB (LOT-L).
-PAPER_A100_EPOCHS_2H: dict[str, dict[str, tuple[int | None, ...]]] = {
-    "cifar": {
-        "aol": (837, 763, 367, 83),
-        "bcop": (127, 125, 94, 24),
-        "cpl": (836, 797, 522, 194),
-        "cayley": (356, 214, 70, 17),
-        "lot": (222, 68, 11, None),
-        "sll": (735, 703, 353, 79),
-        "soc": (371, 336, 201, 77),
-    },
-    "tiny-imagenet": {
-        "aol": (223, 213, 123, 34),
-        "bcop": (50, 50, 39, 11),
-        "cpl": (240, 194, 148, 63),
-        "cayley": (138, 86, 30, 8),
-        "lot": (83, 29, 5, None),
-        "sll": (242, 194, 118, 32),
-        "soc": (122, 87, 63, 27),
-    },
-}
-PAPER_SIZES = ("XS", "S", "M", "L")
-PAPER_BUDGET_S = 7200.0
-
-
-class CalibrationError(ValueError):
-    """A calibration that cannot be given (unknown cell, budget shorter than an epoch)."""
-
-
-def paper_epochs(dataset: str, size: str, method: str, budget_s: float) -> int:
-    """Epochs the paper trained for this cell and budget: epochs_2h * budget / 2h, floored
-    (10h = 5x and 24h = 12x the 2h figure, as in the paper's make_tree.get_epochs)."""
-    group = {"cifar10": "cifar", "cifar100": "cifar"}.get(dataset, dataset)
-    if group not in PAPER_A100_EPOCHS_2H or size not in PAPER_SIZES:
-        raise CalibrationError(
-            f"the paper's A100 table covers cifar10, cifar100, tiny-imagenet x XS/S/M/L, "
-            f"not {dataset} {size}: use --calibration measure"
-        )
-    table = PAPER_A100_EPOCHS_2H[group]
-    if method not in table:
-        raise CalibrationError(f"the paper's A100 table has no method {method!r}")
-    epochs_2h = table[method][PAPER_SIZES.index(size)]
-    if epochs_2h is None:
-        raise CalibrationError(f"{method}-{size} on {dataset} did not fit in 80 GB in the paper")
-    return math.floor(epochs_2h * budget_s / PAPER_BUDGET_S)
-
-
-def epochs_for_budget(seconds_per_epoch: float, budget_s: float) -> int:
-    """floor(budget / seconds per epoch), as the paper does."""
-    return math.floor(budget_s / seconds_per_epoch)
 
 
 def device_name(device: torch.device) -> str:
@@ -225,93 +165,3 @@ def measure_model(
         train_peak_bytes=train_bytes,
         inference_peak_bytes=infer_bytes,
     )
-
-
-@dataclass
-class Calibration:
-    """Seconds per epoch of one cell on one device, the basis of every epoch budget."""
-
-    device: str
-    dataset: str
-    size: str
-    method: str
-    batch_size: int
-    train_examples: int
-    train_batch_s: float
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return math.ceil(self.train_examples / self.batch_size)
-
-    @property
-    def seconds_per_epoch(self) -> float:
-        return self.train_batch_s * self.batches_per_epoch
-
-    def epochs(self, budget_s: float) -> int:
-        return epochs_for_budget(self.seconds_per_epoch, budget_s)
-
-
-class CalibrationCache:
-    """Calibrations on disk (JSON), keyed by (device, dataset, size, method, batch size)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @staticmethod
-    def key(device: str, dataset: str, size: str, method: str, batch_size: int) -> str:
-        return f"{device}|{dataset}|{size}|{method}|{batch_size}"
-
-    def load(self) -> dict[str, dict]:
-        if not self.path.exists():
-            return {}
-        return json.loads(self.path.read_text())
-
-    def get(
-        self, device: str, dataset: str, size: str, method: str, batch_size: int
-    ) -> Calibration | None:
-        entry = self.load().get(self.key(device, dataset, size, method, batch_size))
-        return Calibration(**entry) if entry else None
-
-    def put(self, calibration: Calibration) -> None:
-        entries = self.load()
-        c = calibration
-        entries[self.key(c.device, c.dataset, c.size, c.method, c.batch_size)] = asdict(c)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(entries, indent=1, sort_keys=True))
-        os.replace(temporary, self.path)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("LIPSWEEP_CACHE", Path.home() / ".cache" / "lipsweep"))
-
-
-def calibrate_cell(
-    dataset: str,
-    size: str,
-    method: str,
-    batch_size: int,
-    train_examples: int,
-    device: torch.device,
-    cache: CalibrationCache | None = None,
-    batches: int = 5,
-) -> Calibration:
-    """Seconds per epoch of a cell on this device: timed training batches (after a warm-up)
-    times batches per epoch. Cached per (device, dataset, size, method, batch size)."""
-    from lipsweep.data import DATASETS
-    from lipsweep.model import build_model
-
-    name = device_name(device)
-    cached = cache.get(name, dataset, size, method, batch_size) if cache else None
-    if cached is not None:
-        cached.train_examples = train_examples
-        return cached
-    info = DATASETS[dataset]
-    shape = (batch_size, info.channels, info.image_size, info.image_size)
-    inputs = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
-    model = build_model(method, size, dataset).to(device)
-    batch_s, _ = time_training(model, inputs, batches=batches, warmup=1)
-    calibration = Calibration(name, dataset, size, method, batch_size, train_examples, batch_s)
-    if cache is not None:
-        cache.put(calibration)
-    return calibration

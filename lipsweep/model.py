@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from lipsweep.data import DATASETS
-from lipsweep.layers import LAYERS, LINEAR_HEADS, FirstChannels, MaxMin, ZeroChannelPad
+from lipsweep.layers.channels import FirstChannels, MaxMin, ZeroChannelPad
+from lipsweep.layers.registry import spec
 
 LAYERS_PER_BLOCK = 5
 # Base width w on CIFAR (paper Table 7); the final width is 32 w for every dataset there.
@@ -55,20 +56,18 @@ def base_width(size: str, dataset: str) -> int:
 def make_conv(
     method: str, channels: int, kernel_size: int, resolution: int, role: str
 ) -> nn.Module:
-    """One square conv of ``method`` with the per-method extras the paper uses.
+    """One square conv of ``method`` with the extras its registry spec asks for.
 
-    ``role`` is "first", "block" or "head": AOL uses orthogonal init for the first conv and the
-    head and Dirac init inside blocks; CPL is told the resolution its input has.
+    ``role`` is "first", "block" or "head" (``MethodSpec.init_by_role``); ``resolution`` is the
+    input's side (``MethodSpec.takes_input_size``).
     """
-    if method not in LAYERS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(LAYERS)}")
-    layer_class = LAYERS[method]
-    if method == "aol":
-        init = "dirac" if role == "block" else "orthogonal"
-        return layer_class(channels, channels, kernel_size, init=init)
-    if method == "cpl":
-        return layer_class(channels, channels, kernel_size, input_size=resolution)
-    return layer_class(channels, channels, kernel_size)
+    method_spec = spec(method)
+    options: dict[str, object] = {}
+    if method_spec.init_by_role:
+        options["init"] = "dirac" if role == "block" else "orthogonal"
+    if method_spec.takes_input_size:
+        options["input_size"] = resolution
+    return method_spec.layer_class()(channels, channels, kernel_size, **options)
 
 
 def conv_block(method: str, channels: int, kernel_size: int, resolution: int) -> nn.Sequential:
@@ -84,10 +83,9 @@ def conv_block(method: str, channels: int, kernel_size: int, resolution: int) ->
 
 def head(method: str, width: int) -> nn.Sequential:
     """The classification head of ``width`` outputs on a 1 x 1 map, flattened."""
-    if method in LINEAR_HEADS:
-        return nn.Sequential(
-            OrderedDict(flatten=nn.Flatten(), linear=LINEAR_HEADS[method](width, width))
-        )
+    linear = spec(method).head_class()
+    if linear is not None:
+        return nn.Sequential(OrderedDict(flatten=nn.Flatten(), linear=linear(width, width)))
     conv = make_conv(method, width, 1, 1, "head")
     return nn.Sequential(OrderedDict(conv=conv, flatten=nn.Flatten()))
 

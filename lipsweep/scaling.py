@@ -21,7 +21,6 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,45 +32,11 @@ from rich.table import Table
 from torch.overrides import TorchFunctionMode
 
 from lipsweep.bench import BASELINE, new_run_id
+from lipsweep.layers.registry import SPECS, Complexity
 from lipsweep.measure import device_name, synchronize
 from lipsweep.model import make_conv
-from lipsweep.results import read_partitioned, write_partitioned
+from lipsweep.results.store import read_partitioned, write_partitioned
 
-
-@dataclass(frozen=True)
-class Complexity:
-    """One Table 1 entry and its exponents of c and s (None: the paper gives none)."""
-
-    text: str
-    c: int | None
-    s: int | None
-
-    def __str__(self) -> str:
-        return self.text if self.c is None else f"{self.text} (c^{self.c} s^{self.s})"
-
-
-# Paper Table 1: parameter-transform time, input-op time, parameter memory, input memory.
-# C = b s^2 c^2 k^2, M = b s^2 c, P = c^2 k^2; t, t1, t2 inner iterations.
-TABLE1: dict[str, dict[str, Complexity]] = {
-    "standard": {"param_s": Complexity("-", None, None), "input_s": Complexity("C", 2, 2),
-                 "param_mem": Complexity("P", 2, 0), "input_mem": Complexity("M", 1, 2)},
-    "aol": {"param_s": Complexity("c^3 k^4", 3, 0), "input_s": Complexity("C", 2, 2),
-            "param_mem": Complexity("5P", 2, 0), "input_mem": Complexity("M", 1, 2)},
-    "bcop": {"param_s": Complexity("c^3 k t + c^3 k^3", 3, 0), "input_s": Complexity("C", 2, 2),
-             "param_mem": Complexity("c^2 k t + c^2 k^3", 2, 0),
-             "input_mem": Complexity("M", 1, 2)},
-    "cpl": {"param_s": Complexity("s^2 c^2 k^2", 2, 2), "input_s": Complexity("2C", 2, 2),
-            "param_mem": Complexity("P + s^2 c", 2, 0), "input_mem": Complexity("3M", 1, 2)},
-    "cayley": {"param_s": Complexity("s^2 c^3", 3, 2), "input_s": Complexity("b s^2 c^2", 2, 2),
-               "param_mem": Complexity("3/2 s^2 c^2", 2, 2),
-               "input_mem": Complexity("5/2 M", 1, 2)},
-    "lot": {"param_s": Complexity("4 s^2 c^3 t", 3, 2), "input_s": Complexity("b s^2 c^2", 2, 2),
-            "param_mem": Complexity("4 s^2 c^2 t", 2, 2), "input_mem": Complexity("3M", 1, 2)},
-    "sll": {"param_s": Complexity("c^3 k^4", 3, 0), "input_s": Complexity("2C", 2, 2),
-            "param_mem": Complexity("5P", 2, 0), "input_mem": Complexity("3M", 1, 2)},
-    "soc": {"param_s": Complexity("c^2 k^2 t2", 2, 0), "input_s": Complexity("C t1", 2, 2),
-            "param_mem": Complexity("P", 2, 0), "input_mem": Complexity("M t1", 1, 2)},
-}  # fmt: skip
 # Figure of Table 1 -> column of ``layer_costs``.
 FIGURES = {
     "param_s": "param_s",
@@ -297,7 +262,7 @@ def fit_method(
                 fit_exponent(channels[-2:], c_values[-2:]),
                 fit_exponent(sizes[-2:], s_values[-2:]),
             ]
-        paper = TABLE1[method][figure]
+        paper = SPECS[method].table1[figure]
         rows.append(
             {
                 "method": method,

@@ -27,10 +27,15 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-METRIC = "cra_36"  # validation CRA at 36/255, as the paper selects
-ENDED = ("completed", "nan", "oom", "failed")  # what the trainable returns once a trial is over
+from lipsweep.names import AttemptStatus, Cell
+from lipsweep.plan import PlannedTrial
+from lipsweep.results.store import cell_attempts, ended_for_good, read_attempts
+from lipsweep.trainable import Launch, concurrent_slots, execute
 
-TrialConfig = Callable[[int, dict[str, Any]], dict[str, Any]]  # (number, params) -> trainable
+METRIC = "cra_36"  # validation CRA at 36/255, as the paper selects
+ENDED = tuple(str(s) for s in AttemptStatus)  # what the trainable returns once a trial is over
+
+TrialConfig = Callable[[int, dict[str, Any]], Any]  # (number, params) -> the trial's TrialTask
 Ended = tuple[str, float]  # (status, validation CRA) of a trial whose attempts are over
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -66,7 +71,7 @@ def make_sampler(kind: Literal["random", "tpe"], seed: int) -> optuna.samplers.B
 
 
 def tell(study: optuna.Study, number: int, status: str, value: float | None) -> None:
-    if status == "completed":
+    if status == AttemptStatus.COMPLETED:
         study.tell(number, value)
     else:
         study.tell(number, state=TrialState.FAIL)
@@ -171,7 +176,7 @@ class CellSearch(Searcher):
             return
         if not asked:
             tell(cell.study, number, status, result.get(METRIC))
-        elif status == "completed":
+        elif status == AttemptStatus.COMPLETED:
             cell.searcher.on_trial_complete(trial_id, {METRIC: result[METRIC]})
         else:
             cell.searcher.on_trial_complete(trial_id, None, error=True)
@@ -184,3 +189,57 @@ class CellSearch(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         raise NotImplementedError("a sweep resumes from optuna.journal and its Parquet dataset")
+
+
+# ----------------------------------------------------------------------------- the stage
+
+Monitor = Callable[[str], None]  # one line of news for whoever watches the run
+
+
+def run_search(launch: Launch, planned: list[PlannedTrial], monitor: Monitor) -> int:
+    """Run every cell's missing search trials in one Tune experiment, asked from each cell's
+    Optuna study; return how many the GPU-hour cap kept from starting. A random sampler may
+    be asked ahead; TPE is asked only when a slot is free, so it conditions on every result
+    told by then."""
+    from ray import tune
+
+    config = launch.config
+    attempts = read_attempts(launch.folder)
+    storage = journal(launch.folder)
+    cells = []
+    for cell in dict.fromkeys(t.cell for t in planned):
+        mine = [t for t in planned if t.cell == cell]
+        cells.append(search_cell(launch, cell, attempts, storage, mine))
+    pending = sum(cell.pending for cell in cells)
+    monitor(f"search: {pending} trials to run over {len(cells)} cells")
+    if pending == 0:
+        return 0
+    tune_config = tune.TuneConfig(
+        reuse_actors=True,
+        search_alg=CellSearch(cells),
+        num_samples=pending,
+        max_concurrent_trials=concurrent_slots(config) if config.sampler == "tpe" else None,
+    )
+    return execute(config, launch.folder, "search", launch.tag, {}, tune_config)
+
+
+def search_cell(
+    launch: Launch, cell: Cell, attempts: Any, storage: Any, planned: list[PlannedTrial]
+) -> CellTrials:
+    """A cell's search state from its study and the Parquet dataset: which trial numbers
+    ended, with what, and how to build a trial's task."""
+    config = launch.config
+    done = ended_for_good(cell_attempts(attempts, cell, "search"), config.max_retries)
+    ended = {int(r.trial_index): (str(r.status), float(r.cra_36)) for r in done.itertuples()}
+
+    def trial_config(number: int, params: dict[str, Any]) -> Any:
+        return launch.task(
+            planned[number], params["lr"], params["weight_decay"], int(params["seed"])
+        )
+
+    settings = SearchSettings(
+        config.sampler, config.seed, config.trials, config.lr_range, config.weight_decay_range
+    )
+    return prepare_cell(
+        cell.name, f"{config.sweep_id}/{cell.name}", storage, settings, ended, trial_config
+    )

@@ -11,14 +11,24 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+def find_shared_data() -> Path:
+    """The real data subsets: $LIPSWEEP_DATA if it holds CIFAR-10, else ../shared/data."""
+    given = os.environ.get("LIPSWEEP_DATA")
+    if given and (Path(given) / "cifar-10-batches-py").is_dir():
+        return Path(given)
+    return PROJECT_ROOT.parent / "shared" / "data"
+
+
+SHARED_DATA = find_shared_data()
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The small real subsets of CIFAR-10, CIFAR-100 and Tiny ImageNet (../shared/data)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data subsets not found at {SHARED_DATA}")
+    """The small real subsets of CIFAR-10, CIFAR-100 and Tiny ImageNet (README: Tests)."""
+    if not (SHARED_DATA / "cifar-10-batches-py").is_dir():
+        pytest.skip(f"real data subsets not found at {SHARED_DATA}: set LIPSWEEP_DATA")
     return SHARED_DATA
 
 

@@ -209,3 +209,48 @@ def test_launch_with_gpus_on_a_cpu_machine_is_refused(tmp_path: Path) -> None:
     result = run("launch", "--preset", "quickstart", "--gpus-per-trial", "1", cwd=tmp_path)
     assert result.returncode == 2 and "no CUDA device is visible" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_refuses_a_hand_edited_sweep_json_in_one_line(tmp_path: Path) -> None:
+    from lipsweep.config import SweepConfig
+
+    config = SweepConfig("t", ("digits",), ("XS",), ("aol",), ("1h",))
+    path = tmp_path / "sweep.json"
+    for edit, message in (({"methods": ["aol", "nope"]}, "unknown method 'nope'"),
+                          ({"trials": -3}, "--trials must be at least 1")):  # fmt: skip
+        config.save(tmp_path)
+        path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+        result = run("resume", str(tmp_path))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert message in result.stderr and str(path) in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json"]
+
+
+def test_an_internal_bug_shows_its_traceback_not_a_bad_input_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only InputError is "bad input" (exit 2); a ValueError from a bug propagates (exit 1)."""
+    from typer.testing import CliRunner
+
+    import lipsweep.cli.sweep
+    from lipsweep.cli import app
+    from lipsweep.config import SweepConfig
+    from lipsweep.errors import InputError
+
+    SweepConfig("t", ("digits",), ("XS",), ("aol",), ("1h",)).save(tmp_path)
+
+    def broken(folder: Path):
+        raise ValueError("a bug deep in the status code")
+
+    monkeypatch.setattr(lipsweep.cli.sweep, "sweep_status", broken)
+    result = CliRunner().invoke(app, ["status", str(tmp_path)])
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError)
+    assert "error:" not in result.output
+
+    def refused(folder: Path):
+        raise InputError("the folder is damaged: fix it")
+
+    monkeypatch.setattr(lipsweep.cli.sweep, "sweep_status", refused)
+    result = CliRunner().invoke(app, ["status", str(tmp_path)])
+    assert result.exit_code == 2 and "error: the folder is damaged: fix it" in result.output

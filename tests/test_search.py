@@ -9,8 +9,8 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from lipsweep.config import LR_RANGE, WEIGHT_DECAY_RANGE
 from lipsweep.search import CellSearch, SearchSettings, journal, prepare_cell
-from lipsweep.sweep import LR_RANGE, WEIGHT_DECAY_RANGE
 
 SETTINGS = SearchSettings("random", 0, 4, LR_RANGE, WEIGHT_DECAY_RANGE)
 

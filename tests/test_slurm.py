@@ -25,25 +25,25 @@ import psutil
 import pytest
 from rich.console import Console
 
+from lipsweep.backends.local import LocalBackend
 from lipsweep.backends.slurm import (
-    SlurmOptions,
-    job_states,
-    launch_slurm,
+    SlurmBackend,
+    all_job_states,
+    latest_jobs,
     read_jobs,
     slurm_folder,
-    time_minutes,
     wait_for_jobs,
 )
-from lipsweep.launch_command import launch
+from lipsweep.cli.render import status_table
+from lipsweep.config import SlurmOptions, SweepConfig, time_minutes
+from lipsweep.plan import CellPlan, save_plan
 from lipsweep.results import read_attempts, read_history
-from lipsweep.status_command import status_table
-from lipsweep.sweep import CellPlan, SweepConfig, save_plan
+from lipsweep.status import sweep_status
 from tests.test_sweep import CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "cluster" / "slurm-single-node.sh"
 RAY_SCRIPT = ROOT / "cluster" / "ray-in-slurm.sh"
-QUIET = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives for the session
 # 20 minutes: submitit counts a SIGUSR2 in the first 10 as a preemption, not a time-out.
 OPTIONS = SlurmOptions(cpus_per_task=2, time="20:00")
 COMPARED = ["attempt_id", "trial_id", "stage", "lr", "weight_decay", "seed", "status"]
@@ -68,10 +68,21 @@ FINAL_EPOCHS, EPOCHS_LEFT = 1, 6
 def store_plans(config: SweepConfig, *outs: Path, final_epochs: int | None = None) -> None:
     """Each cell's plan (max_epochs, or final_epochs for the final budgets) stored as a launch
     stores it, so the launch reuses it instead of calibrating (~15 s a cell here)."""
-    for out, (dataset, size, method) in itertools.product(outs, config.cells()):
+    for out, cell in itertools.product(outs, config.cells()):
         epochs = dict.fromkeys(config.budgets, final_epochs or config.max_epochs)
         epochs[config.search_budget] = config.max_epochs
-        save_plan(out, CellPlan(dataset, size, method, 1.0, epochs))
+        save_plan(out, CellPlan(cell.dataset, cell.size, cell.method, 1.0, epochs))
+
+
+def launch_slurm(config: SweepConfig, out: Path, options: SlurmOptions) -> dict[str, str]:
+    """Submit the sweep as `lipsweep launch --backend slurm` does; cell -> its latest job id."""
+    config = replace(config, backend="slurm", slurm=options)
+    SlurmBackend(options).launch(config, out, lambda line: None)
+    return latest_jobs(out)
+
+
+def job_state(job_id: str) -> str | None:
+    return all_job_states().get(job_id)
 
 
 def start_cluster(nodes: int) -> Path:
@@ -127,7 +138,9 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def status_text(out: Path) -> str:
     recorder = Console(record=True, width=250, file=open(os.devnull, "w"))  # noqa: SIM115
-    recorder.print(status_table(out))
+    config = SweepConfig.load(out)
+    jobs = SlurmBackend(config.slurm).job_states(out) if config.backend == "slurm" else {}
+    recorder.print(status_table(sweep_status(out), jobs))
     return recorder.export_text()
 
 
@@ -238,7 +251,7 @@ def running_job(out: Path) -> str:
     early = LONGER["max_epochs"] - EPOCHS_LEFT
     wait_until(lambda: mid_attempt(out, early) is not None, 240, "an attempt past its first epoch")
     (job_id,) = [ids[-1] for ids in read_jobs(out).values()]
-    assert job_states([job_id])[job_id] == "RUNNING"
+    assert job_state(job_id) == "RUNNING"
     return job_id
 
 
@@ -254,7 +267,7 @@ def interrupt_and_restart(
     (temp,) = job_temp_dirs(out, job_id)
     assert job_processes(job_id)
     interrupt()
-    wait_until(lambda: job_states([job_id]).get(job_id) == "PENDING", 60, "the requeue")
+    wait_until(lambda: job_state(job_id) == "PENDING", 60, "the requeue")
     wait_until(lambda: not job_processes(job_id), 60, "the first run's processes to end")
     left = left_mid_way(out)  # the first run is dead: this is what it left
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
@@ -312,7 +325,7 @@ def test_time_limits_parse() -> None:
 def test_options_file(tmp_path: Path) -> None:
     path = tmp_path / "slurm.toml"
     path.write_text('[slurm]\npartition = "gpu"\ngpus_per_node = 4\narray_parallelism = 8\n')
-    options = SlurmOptions.from_file(path).with_overrides(partition="a100", qos=None)
+    options = replace(SlurmOptions.from_file(path), partition="a100")
     assert (options.partition, options.gpus_per_node, options.array_parallelism) == ("a100", 4, 8)
     path.write_text('{"partitoin": "gpu"}')
     path = path.rename(tmp_path / "slurm.json")
@@ -330,7 +343,8 @@ def test_cli_refuses_bad_slurm_options_and_cancel_without_jobs(tmp_path: Path) -
     result = runner.invoke(app, ["launch", "--backend", "slurm", "--out", out, "--time", "soon"])
     assert result.exit_code == 2 and "--time 'soon'" in result.output
     result = runner.invoke(app, ["cancel", out])
-    assert result.exit_code == 2 and "no SLURM jobs" in result.output
+    assert result.exit_code == 2 and "holds no sweep" in result.output
+    assert not (tmp_path / "sweep").exists()
 
 
 @pytest.mark.slow
@@ -339,8 +353,8 @@ def test_array_over_cells_equals_the_local_sweep(slurm: str, tmp_path: Path, ray
     config = sweep_config()
     out, local_out = tmp_path / "slurm-sweep", tmp_path / "local-sweep"
     store_plans(config, out, local_out)
-    submitted = launch_slurm(config, out, replace(OPTIONS, array_parallelism=1), QUIET)
-    launch(config, local_out, None, QUIET)  # the same sweep here, while the jobs run
+    submitted = launch_slurm(config, out, replace(OPTIONS, array_parallelism=1))
+    LocalBackend().launch(config, local_out, lambda line: None)  # the same sweep, here
     wait_for_jobs(out, list(submitted.values()), timeout_s=300)
     assert set(submitted) == {"digits-XS-aol", "digits-XS-sll"}
     (array,) = {job_id.split("_")[0] for job_id in submitted.values()}  # one array
@@ -371,7 +385,7 @@ def test_requeued_job_resumes_its_attempt_and_runs_each_attempt_once(
     config = sweep_config(methods=("aol",), **LONGER)
     out = tmp_path / "sweep"
     store_plans(config, out, final_epochs=FINAL_EPOCHS)
-    launch_slurm(config, out, OPTIONS, QUIET)
+    launch_slurm(config, out, OPTIONS)
     job_id = running_job(out)
     requeue = ["scontrol", "requeue", job_id]
     left, first_start = interrupt_and_restart(
@@ -395,7 +409,7 @@ def test_preemption_signal_checkpoints_and_requeues_through_submitit(
     config = sweep_config(methods=("sll",), **LONGER)
     out = tmp_path / "sweep"
     store_plans(config, out, final_epochs=FINAL_EPOCHS)
-    launch_slurm(config, out, OPTIONS, QUIET)
+    launch_slurm(config, out, OPTIONS)
     job_id = running_job(out)
     signal_it = ["scancel", "--signal=USR2", job_id]
     left, first_start = interrupt_and_restart(
@@ -418,7 +432,7 @@ def test_cancelled_job_shows_in_status_and_lipsweep_resume_finishes(
     config = sweep_config(methods=("aol",), **LONGER)
     out = tmp_path / "sweep"
     store_plans(config, out, final_epochs=FINAL_EPOCHS)
-    launch_slurm(config, out, OPTIONS, QUIET)
+    launch_slurm(config, out, OPTIONS)
     job_id = running_job(out)
     cancelled = cli("cancel", str(out))
     assert cancelled.returncode == 0, cancelled.stderr

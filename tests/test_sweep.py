@@ -18,21 +18,21 @@ import pytest
 import torch
 from rich.console import Console
 
+from lipsweep.attempt import TrialSpec, load_data
+from lipsweep.backends.local import LocalBackend
+from lipsweep.calibrate import make_plans, plan_cell
 from lipsweep.certify import evaluate
+from lipsweep.cli.render import status_table
+from lipsweep.config import LR_RANGE, WEIGHT_DECAY_RANGE, SweepConfig
 from lipsweep.data import Batches
-from lipsweep.engine import load_model, retry_seed, run_trial
-from lipsweep.launch_command import launch
+from lipsweep.errors import InputError
+from lipsweep.names import Cell, TrialId
+from lipsweep.plan import CellPlan, save_plan
 from lipsweep.results import read_attempts, read_history
-from lipsweep.status_command import status_table
-from lipsweep.sweep import (
-    LR_RANGE,
-    WEIGHT_DECAY_RANGE,
-    CellPlan,
-    SweepConfig,
-    plan_cell,
-    save_plan,
-)
-from lipsweep.trial import TrialSpec, load_data
+from lipsweep.results.artifacts import load_model
+from lipsweep.results.rows import Provenance
+from lipsweep.status import sweep_status
+from lipsweep.trainable import TrialTask, retry_seed, run_trial
 
 CONFIG = SweepConfig(
     sweep_id="t",
@@ -46,7 +46,17 @@ CONFIG = SweepConfig(
     batch_size=256,
     checkpoint_every_epochs=1,
 )
-QUIET = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - lives for the session
+
+
+def launch(config: SweepConfig, out: Path, lines: list[str] | None = None) -> None:
+    """Run a sweep on the local backend (the test session's Ray), its news into ``lines``."""
+    LocalBackend().launch(config, out, (lines if lines is not None else []).append)
+
+
+def status_text(out: Path) -> str:
+    recorder = Console(record=True, width=250, file=open(os.devnull, "w"))  # noqa: SIM115
+    recorder.print(status_table(sweep_status(out)))
+    return " ".join(recorder.export_text().split())
 
 
 def cifar_config(shared_data: Path, **changes: object) -> SweepConfig:
@@ -66,18 +76,17 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIPSWEEP_CACHE", str(tmp_path / "cache"))
 
 
-def test_sweep_runs_search_select_final_into_parquet(
-    tmp_path: Path, shared_data: Path, ray_session
-) -> None:
-    config = cifar_config(shared_data)
-    launch(config, tmp_path, None, QUIET)
+def test_sweep_runs_search_select_final_into_parquet(tmp_path: Path, ray_session) -> None:
+    """The whole protocol on digits (bundled with scikit-learn: runs on a fresh clone)."""
+    config = replace(CONFIG, max_examples=256, batch_size=64)
+    launch(config, tmp_path)
     attempts = read_attempts(tmp_path)
     search = attempts[attempts["stage"] == "search"]
     finals = attempts[attempts["stage"] == "final"]
     assert len(search) == 4 and len(finals) == 2
     assert set(attempts["status"]) == {"completed"}
     assert attempts["attempt_id"].is_unique
-    assert set(attempts["dataset"]) == {"cifar10"}
+    assert set(attempts["dataset"]) == {"digits"}
     assert (search["eval_split"] == "val").all() and (finals["eval_split"] == "test").all()
     assert search["lr"].between(*LR_RANGE).all()
     assert search["weight_decay"].between(*WEIGHT_DECAY_RANGE).all()
@@ -103,29 +112,27 @@ def test_sweep_runs_search_select_final_into_parquet(
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal"))
     )
-    study = optuna.load_study(study_name="t/cifar10-XS-aol", storage=storage)
+    study = optuna.load_study(study_name="t/digits-XS-aol", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     ran = search[search["method"] == "aol"].sort_values("trial_index")
     assert [t.params["lr"] for t in study.trials] == ran["lr"].tolist()
     assert [t.value for t in study.trials] == ran["cra_36"].tolist()
     # The final model is kept and reloads, ready to certify: it scores what its run scored.
-    model = load_model(tmp_path, "cifar10", "XS", "aol")
+    model = load_model(tmp_path, "digits", "XS", "aol")
     assert not model.training
-    spec = TrialSpec("cifar10", "XS", "aol", 1, 0.1, 0.0, 0, data_dir=str(shared_data))
+    spec = TrialSpec("digits", "XS", "aol", 1, 0.1, 0.0, 0)
     _, test_split = load_data(replace(spec, max_examples=config.max_examples))
     scores = evaluate(model, Batches(test_split, 64, False, torch.Generator(), torch.device("cpu")))
     final_aol = finals[finals["method"] == "aol"].iloc[0]
     assert scores["accuracy"] == pytest.approx(final_aol["accuracy"])
     assert scores["cra_36"] == pytest.approx(final_aol["cra_36"])
     # Status reads the folder alone and shows every cell done.
-    recorder = Console(record=True, width=200, file=open(os.devnull, "w"))  # noqa: SIM115
-    recorder.print(status_table(tmp_path))
-    text = recorder.export_text()
-    assert "cifar10-XS-aol" in text and "cifar10-XS-sll" in text
+    text = status_text(tmp_path)
+    assert "digits-XS-aol" in text and "digits-XS-sll" in text
     assert text.count("2/2") == 2 and text.count("1/1") == 2 and "6 attempts finished" in text
     assert "nothing left to run" in text
     # Launching again finds everything done and runs nothing.
-    launch(config, tmp_path, None, QUIET)
+    launch(config, tmp_path)
     again = read_attempts(tmp_path)
     assert sorted(again["attempt_id"]) == sorted(attempts["attempt_id"])
     assert (
@@ -150,7 +157,7 @@ def test_nan_and_out_of_memory_attempts_are_recorded_while_the_sweep_goes_on(
     )
     for method in config.methods:  # stored plans, as a resumed sweep has: no calibration
         save_plan(tmp_path, CellPlan("cifar10", "XS", method, 1.0, {"1h": 2}))
-    launch(config, tmp_path, None, QUIET)
+    launch(config, tmp_path)
     attempts = read_attempts(tmp_path).sort_values(["method", "stage", "attempt"])
     standard = attempts[attempts["method"] == "standard"]
     assert list(standard["status"]) == ["nan"] * 3 and standard["seed"].nunique() == 3
@@ -174,43 +181,27 @@ def test_nan_and_out_of_memory_attempts_are_recorded_while_the_sweep_goes_on(
 
 def test_a_different_launch_into_the_same_folder_is_refused(tmp_path: Path) -> None:
     CONFIG.save(tmp_path)
-    with pytest.raises(ValueError, match="other settings \\(trials\\)"):
-        launch(replace(CONFIG, trials=3), tmp_path, None, QUIET)
+    with pytest.raises(InputError, match="other settings \\(trials\\)"):
+        launch(replace(CONFIG, trials=3), tmp_path)
+
+
+def task(folder: Path, cell: Cell, spec: TrialSpec) -> TrialTask:
+    return TrialTask(
+        folder=str(folder),
+        trial=TrialId("search", cell, "1h", 0),
+        spec=spec,
+        gpus=0.0,
+        cpus=1,
+        max_retries=2,
+        max_gpu_hours=None,
+        estimated_hours=0.001,
+        provenance=Provenance("t", "measure", "", ""),
+    )
 
 
 def test_nan_attempts_are_retried_with_new_seeds_and_all_recorded(tmp_path: Path) -> None:
-    parameters = {
-        "trial_id": "search-digits-XS-standard-1h-t0",
-        "stage": "search",
-        "index": 0,
-        "sweep": "t",
-        "dataset": "digits",
-        "method": "standard",
-        "budget": "1h",
-        "budget_s": 3600.0,
-        "folder": str(tmp_path),
-        "cpus": 1,
-        "gpus": 0.0,
-        "max_retries": 2,
-        "max_gpu_hours": None,
-        "calibration": "measure",
-        "estimated_hours": 0.001,
-        "train_examples": 1294,
-        "versions": "",
-        "git_commit": "",
-        "spec": {
-            "dataset": "digits",
-            "size": "XS",
-            "method": "standard",
-            "epochs": 2,
-            "lr": 1e12,
-            "weight_decay": 0.0,
-            "seed": 5,
-            "stage": "search",
-            "batch_size": 256,
-        },
-    }
-    result = run_trial({"trial": parameters})
+    spec = TrialSpec("digits", "XS", "standard", 2, 1e12, 0.0, 5, stage="search")
+    result = run_trial({"trial": task(tmp_path, Cell("digits", "XS", "standard"), spec)})
     assert result["status"] == "nan"
     attempts = read_attempts(tmp_path).sort_values("attempt")
     assert list(attempts["attempt"]) == [0, 1, 2]
@@ -218,20 +209,11 @@ def test_nan_attempts_are_retried_with_new_seeds_and_all_recorded(tmp_path: Path
     assert list(attempts["seed"]) == [retry_seed(5, a) for a in range(3)]
     assert attempts["seed"].nunique() == 3
     # A failure (here: data that cannot be read) is recorded too, not raised.
-    parameters = {
-        **parameters,
-        "trial_id": "search-cifar10-XS-aol-1h-t0",
-        "dataset": "cifar10",
-        "method": "aol",
-        "spec": {
-            **parameters["spec"],
-            "dataset": "cifar10",
-            "method": "aol",
-            "lr": 0.01,
-            "data_dir": str(tmp_path / "none"),
-        },
-    }
-    assert run_trial({"trial": parameters})["status"] == "failed"
+    spec = replace(spec, dataset="cifar10", method="aol", lr=0.01, data_dir=str(tmp_path / "none"))
+    assert (
+        run_trial({"trial": task(tmp_path, Cell("cifar10", "XS", "aol"), spec)})["status"]
+        == "failed"
+    )
     failed = read_attempts(tmp_path).query("status == 'failed'")
     assert len(failed) == 1 and "cifar10 not found" in failed.iloc[0]["error"]
 
@@ -244,15 +226,15 @@ def test_gpu_hour_cap_is_respected_within_one_attempt(tmp_path: Path, ray_sessio
     config = replace(
         CONFIG, methods=("aol",), trials=4, budgets=("1h",), max_epochs=1, cpus_per_trial=2
     )
-    estimate = plan_cell(config, "digits", "XS", "aol", "cpu").seconds_per_epoch / 3600
+    estimate = plan_cell(config, Cell("digits", "XS", "aol")).seconds_per_epoch / 3600
     config = replace(config, max_gpu_hours=2.5 * estimate)
-    output = Console(record=True, file=open(os.devnull, "w"))  # noqa: SIM115
-    launch(config, tmp_path, None, output)
+    lines: list[str] = []
+    launch(config, tmp_path, lines)
     attempts = read_attempts(tmp_path)
     spent = attempts["gpu_hours"].sum()
     assert 0 < len(attempts) < 5, "the cap should stop some attempts, not all"
     assert spent <= config.max_gpu_hours + attempts["gpu_hours"].max()
-    assert "would pass --max-gpu-hours" in output.export_text()
+    assert any("would pass --max-gpu-hours" in line for line in lines)
 
 
 def _launch_command(out: Path, shared_data: Path) -> list[str]:
@@ -329,9 +311,7 @@ def test_sigkill_driver_mid_sweep_then_resume_runs_every_attempt_once(
     before = read_attempts(out)
     midway = [a for a in midway if a not in set(before["attempt_id"])]
     assert midway, "every attempt caught mid-way finished before the kill"
-    recorder = Console(record=True, width=250, file=open(os.devnull, "w"))  # noqa: SIM115
-    recorder.print(status_table(out))
-    text = " ".join(recorder.export_text().split())
+    text = status_text(out)
     assert "0 running" in text and "nothing running now" in text, text
 
     resumed = subprocess.run(
@@ -361,12 +341,10 @@ def test_sigkill_driver_mid_sweep_then_resume_runs_every_attempt_once(
 
 def test_a_stored_plan_is_reused_instead_of_recalibrating(tmp_path: Path) -> None:
     """A resume (or requeue on other hardware) must train the epochs the sweep started with."""
-    from lipsweep.launch_command import make_plans
-
     stored = CellPlan("digits", "XS", "aol", 123.0, {"1h": 7})
     save_plan(tmp_path, stored)
     config = replace(CONFIG, methods=("aol",), max_epochs=None)
-    assert make_plans(config, QUIET, tmp_path) == [stored]
+    assert make_plans(config, tmp_path) == ([stored], [])
 
 
 def test_tpe_is_asked_only_when_a_slot_is_free(tmp_path: Path, ray_session) -> None:
@@ -375,7 +353,7 @@ def test_tpe_is_asked_only_when_a_slot_is_free(tmp_path: Path, ray_session) -> N
     config = replace(
         CONFIG, methods=("aol",), sampler="tpe", cpus_per_trial=2, max_epochs=1, trials=2
     )
-    launch(config, tmp_path, None, QUIET)
+    launch(config, tmp_path)
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal"))
     )
@@ -416,6 +394,22 @@ def test_backend_ray_joins_an_existing_cluster(tmp_path: Path, ray_session) -> N
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Connecting to existing Ray cluster" in result.stderr
-    attempts = read_attempts(tmp_path / "sweep")
+    out = tmp_path / "sweep"
+    attempts = read_attempts(out)
     assert sorted(attempts["stage"]) == ["final", "search"]
     assert set(attempts["status"]) == {"completed"}
+    stored = SweepConfig.load(out)
+    assert (stored.backend, stored.address) == ("ray", address)
+    # Resume runs on the stored backend: the final run whose result went missing runs again
+    # on the same cluster, not on a new local Ray.
+    final = attempts[attempts["stage"] == "final"].iloc[0]
+    for table in ("attempts", "history"):
+        next((out / "results" / table).rglob(f"{final['attempt_id']}.parquet")).unlink()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "lipsweep", "resume", str(out)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Connecting to existing Ray cluster" in resumed.stderr
+    again = read_attempts(out)
+    assert sorted(again["attempt_id"]) == sorted(attempts["attempt_id"])

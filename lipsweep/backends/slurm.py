@@ -1,81 +1,39 @@
-"""`lipsweep launch --backend slurm`: one SLURM job per cell, submitted with submitit.
+"""The SLURM backend: one job-array task per cell, submitted with submitit.
 
 A cell (dataset, size, method) is the protocol's independent unit: its search trials, the
 selection and its final runs need nothing from other cells. So each cell becomes one task of one
-job array (``--array-parallelism`` bounds how many run at once). This module is the submit side;
-what a task runs is ``jobs.cell.CellJob`` (Ray local to its allocation, then ``engine.run_sweep``
+job array (``array_parallelism`` bounds how many run at once). This module is the submit side;
+what a task runs is ``jobs.cell.CellJob`` (Ray local to its allocation, then the runner
 restricted to its cell). Everything durable stays in the sweep folder (Optuna journal, Parquet,
 checkpoints), so a requeued, preempted or cancelled task that runs again does only what is
 missing and resumes interrupted attempts from their checkpoints.
 
 Files: ``<out>/slurm/`` is submitit's folder (flat: Slurm 22.05 loses array logs whose folder
-does not exist yet) and ``<out>/slurm/jobs.json`` maps each cell to its job ids.
+does not exist yet; mode 0700: it holds the pickled jobs that the tasks unpickle, so nobody else
+may write there) and ``<out>/slurm/jobs.json`` maps each cell to its job ids.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
-import tomllib
-from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from jobs.cell import CellJob
-from lipsweep.sweep import CellPlan, SweepConfig, cell_name, save_plan
+from lipsweep.backends.base import Monitor, prepare
+from lipsweep.calibrate import Progress
+from lipsweep.config import SlurmOptions, SweepConfig, time_minutes
+from lipsweep.errors import InputError
+from lipsweep.names import Cell
+from lipsweep.plan import CellPlan
+from lipsweep.results.store import ended_for_good, read_attempts
 
 JOBS_FILE = "jobs.json"
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    """The sbatch resources of every cell's job (None: the cluster's default)."""
-
-    partition: str | None = None
-    gpus_per_node: int = 0
-    cpus_per_task: int = 1
-    mem: str | None = None  # sbatch --mem, e.g. "16G"
-    time: str = "24:00:00"  # sbatch --time: MM, HH:MM:SS, D-HH, D-HH:MM[:SS]
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    array_parallelism: int = 256
-    max_num_timeout: int = 3  # requeues after a time limit, per job
-
-    @staticmethod
-    def from_file(path: Path) -> SlurmOptions:
-        """Options from a TOML or JSON file (keys as the fields, or under [slurm])."""
-        text = path.read_text()
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        data = data.get("slurm", data)
-        known = {f.name for f in fields(SlurmOptions)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(
-                f"{path}: unknown SLURM options {sorted(unknown)}; known: {sorted(known)}"
-            )
-        return SlurmOptions(**data)
-
-    def with_overrides(self, **changes: Any) -> SlurmOptions:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-
-def time_minutes(text: str) -> int:
-    """sbatch --time in minutes: "30", "2:00:00", "1-00", "1-12:00", "1-12:00:00"."""
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
-    if not match:
-        raise ValueError(f"--time {text!r}: use MM, HH:MM:SS or D-HH:MM:SS")
-    days, first, second, third = (int(g) if g else None for g in match.groups())
-    if days is None and second is None:
-        return first  # plain minutes
-    if days is None and third is None:
-        return first + (second or 0) // 60  # MM:SS
-    hours, minutes, seconds = first, second or 0, third or 0
-    return (days or 0) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+ALIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
 
 
 def slurm_folder(out: Path) -> Path:
@@ -86,8 +44,11 @@ def make_executor(out: Path, options: SlurmOptions, name: str) -> Any:
     """submitit's SLURM executor with the options as sbatch parameters."""
     import submitit
 
+    folder = slurm_folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
     executor = submitit.AutoExecutor(
-        folder=slurm_folder(out), cluster="slurm", slurm_max_num_timeout=options.max_num_timeout
+        folder=folder, cluster="slurm", slurm_max_num_timeout=options.max_num_timeout
     )
     parameters: dict[str, Any] = {
         "name": name,
@@ -106,13 +67,17 @@ def make_executor(out: Path, options: SlurmOptions, name: str) -> Any:
     return executor
 
 
-# ----------------------------------------------------------------------------- submit side
-
-
 def read_jobs(out: Path) -> dict[str, list[str]]:
-    """cell -> its SLURM job ids, oldest first (empty if the sweep never used SLURM)."""
+    """cell name -> its SLURM job ids, oldest first (empty if the sweep never used SLURM)."""
     path = slurm_folder(out) / JOBS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(
+            f"{path} is damaged ({error}): restore it, or cancel the sweep's jobs by hand"
+        ) from None
 
 
 def write_jobs(out: Path, jobs: dict[str, list[str]]) -> None:
@@ -123,17 +88,23 @@ def write_jobs(out: Path, jobs: dict[str, list[str]]) -> None:
     temporary.replace(path)
 
 
-def job_states(job_ids: list[str]) -> dict[str, str]:
-    """job id -> SLURM state (PENDING, RUNNING, CANCELLED, COMPLETED, ...), from scontrol,
-    which remembers ended jobs for MinJobAge; unknown ids are absent."""
+def all_job_states() -> dict[str, str]:
+    """job id -> SLURM state for every job the controller remembers (MinJobAge), from one
+    ``scontrol show job`` call: array tasks as ``<array job>_<task>``, as submitit names them.
+    Empty where no SLURM client is installed."""
+    if shutil.which("scontrol") is None:
+        return {}
+    answer = subprocess.run(
+        ["scontrol", "show", "job", "-o"], capture_output=True, text=True, check=False
+    )
     states = {}
-    for job_id in job_ids:
-        answer = subprocess.run(
-            ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=False
-        )
-        match = re.search(r"JobState=(\S+)", answer.stdout)
-        if answer.returncode == 0 and match:
-            states[job_id] = match.group(1)
+    for line in answer.stdout.splitlines():
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        if "JobId" not in fields or "JobState" not in fields:
+            continue
+        states[fields["JobId"]] = fields["JobState"]
+        if fields.get("ArrayJobId") and fields.get("ArrayTaskId", "").isdigit():
+            states[f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"] = fields["JobState"]
     return states
 
 
@@ -146,97 +117,102 @@ def job_label(out: Path, job_id: str, state: str | None) -> str:
     return f"{job_id} {state}"
 
 
-ALIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
+def latest_jobs(out: Path) -> dict[str, str]:
+    return {cell: ids[-1] for cell, ids in read_jobs(out).items() if ids}
 
 
-def alive_cells(out: Path) -> set[str]:
+def alive_cells(out: Path, states: dict[str, str]) -> set[str]:
     """Cells whose latest job is still queued or running."""
-    jobs = read_jobs(out)
-    latest = {cell: ids[-1] for cell, ids in jobs.items() if ids}
-    states = job_states(list(latest.values()))
-    return {cell for cell, job_id in latest.items() if states.get(job_id, "") in ALIVE}
+    return {cell for cell, job_id in latest_jobs(out).items() if states.get(job_id, "") in ALIVE}
 
 
 def finished_cells(config: SweepConfig, out: Path) -> set[str]:
     """Cells whose every final run has ended for good (completed, failed, out of memory, or
     NaN with its retries used up): a relaunch need not start a job for them."""
-    from lipsweep.results import ended_for_good, read_attempts
-
     attempts = read_attempts(out)
     if attempts.empty:
         return set()
     finals = ended_for_good(attempts[attempts["stage"] == "final"], config.max_retries)
+    if finals.empty:
+        return set()
     ended = finals.groupby(["dataset", "size", "method"])["budget"].nunique()
-    return {cell_name(*key) for key, count in ended.items() if count == len(config.budgets)}
+    return {Cell(*key).name for key, count in ended.items() if count == len(config.budgets)}
 
 
-def submit_sweep(
-    config: SweepConfig, out: Path, plans: dict[str, CellPlan | None], options: SlurmOptions
+def submit_cells(
+    config: SweepConfig, out: Path, plans: dict[Cell, CellPlan | None], options: SlurmOptions
 ) -> dict[str, str]:
     """Submit one job-array task per cell that has no live job; record the ids; return them."""
-    skip = alive_cells(out) | finished_cells(config, out)
-    cells = [cell for cell in plans if cell not in skip]
+    skip = alive_cells(out, all_job_states()) | finished_cells(config, out)
+    cells = [cell for cell in plans if cell.name not in skip]
     if not cells:
         return {}
     executor = make_executor(out, options, f"lipsweep-{config.sweep_id}")
     with executor.batch():
         jobs = [executor.submit(CellJob(out, config, cell, plans[cell])) for cell in cells]
-    submitted = {cell: job.job_id for cell, job in zip(cells, jobs, strict=True)}
+    submitted = {cell.name: job.job_id for cell, job in zip(cells, jobs, strict=True)}
     recorded = read_jobs(out)
     for cell, job_id in submitted.items():
         recorded.setdefault(cell, []).append(job_id)
     write_jobs(out, recorded)
-    (slurm_folder(out) / "options.json").write_text(json.dumps(asdict(options), indent=1))
     return submitted
-
-
-def cancel_sweep(out: Path) -> list[str]:
-    """scancel every live job of the sweep, by id; return the ids cancelled."""
-    jobs = read_jobs(out)
-    ids = [job_id for cell_ids in jobs.values() for job_id in cell_ids]
-    states = job_states(ids)
-    live = [job_id for job_id in ids if states.get(job_id, "") in ALIVE]
-    if live:
-        subprocess.run(["scancel", *live], check=True)
-    return live
 
 
 def wait_for_jobs(out: Path, job_ids: list[str], timeout_s: float, poll_s: float = 2.0) -> None:
     """Block until none of ``job_ids`` is queued or running (TimeoutError after timeout_s)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        states = job_states(job_ids)
+        states = all_job_states()
         if not any(states.get(j, "") in ALIVE for j in job_ids):
             return
         time.sleep(poll_s)
     raise TimeoutError(f"SLURM jobs {job_ids} still running after {timeout_s:.0f} s")
 
 
-def launch_slurm(
-    config: SweepConfig, out: Path, options: SlurmOptions, console: Console
-) -> dict[str, str]:
-    """Validate the sweep here, then submit its cells. Calibration runs here when it needs no
-    GPU (CPU trials or the paper's A100 numbers), else inside each cell's job."""
-    from lipsweep.launch_command import check_inputs, existing_config, validated_plans
+class SlurmBackend:
+    """Validate and (where no GPU is needed) calibrate here, then submit the cells and return."""
 
-    time_minutes(options.time)  # a bad --time fails here, before calibration
-    config = existing_config(config, out)
-    check_inputs(config, out)
-    names = [cell_name(*key) for key in config.cells()]
-    plans: dict[str, CellPlan | None] = dict.fromkeys(names)
-    if config.gpus_per_trial == 0 or config.calibration == "paper-a100":
-        calibrated = validated_plans(config, out, console)
-        plans = {cell_name(p.dataset, p.size, p.method): p for p in calibrated}
-    config.save(out)
-    for plan in plans.values():
-        if plan is not None:
-            save_plan(out, plan)
-    submitted = submit_sweep(config, out, plans, options)
-    for cell, job_id in submitted.items():
-        console.print(f"{cell}: SLURM job {job_id}")
-    if not submitted:
-        console.print(
-            "no cell to submit: every cell is finished or already has a queued or running job"
+    def __init__(self, options: SlurmOptions) -> None:
+        self.options = options
+
+    def launch(
+        self, config: SweepConfig, out: Path, monitor: Monitor, progress: Progress | None = None
+    ) -> None:
+        if shutil.which("sbatch") is None:
+            raise InputError(
+                "--backend slurm needs SLURM's sbatch on this machine's PATH: run from a login node"
+            )
+        here = config.gpus_per_trial == 0 or config.calibration == "paper-a100"
+        config, calibrated, notes = prepare(config, out, progress, calibrate=here)
+        for note in notes:
+            monitor(note)
+        plans: dict[Cell, CellPlan | None] = (
+            {p.cell: p for p in calibrated} if here else dict.fromkeys(config.cells())
         )
-    console.print(f"follow it with `lipsweep status {out}`; logs in {slurm_folder(out)}")
-    return submitted
+        submitted = submit_cells(config, out, plans, self.options)
+        for cell, job_id in submitted.items():
+            monitor(f"{cell}: SLURM job {job_id}")
+        if not submitted:
+            monitor(
+                "no cell to submit: every cell is finished or already has a queued or running job"
+            )
+        monitor(f"follow it with `lipsweep status {out}`; logs in {slurm_folder(out)}")
+
+    def job_states(self, out: Path) -> dict[Cell, str]:
+        latest = latest_jobs(out)
+        if not latest:
+            return {}
+        states = all_job_states()
+        return {
+            Cell.parse(cell): job_label(out, job_id, states.get(job_id))
+            for cell, job_id in latest.items()
+        }
+
+    def cancel(self, out: Path) -> list[str]:
+        """scancel every live job of the sweep, by id; return the ids cancelled."""
+        ids = [job_id for cell_ids in read_jobs(out).values() for job_id in cell_ids]
+        states = all_job_states()
+        live = [job_id for job_id in ids if states.get(job_id, "") in ALIVE]
+        if live:
+            subprocess.run(["scancel", *live], check=True)
+        return live

@@ -1,50 +1,49 @@
 """The seven 1-Lipschitz convolutions of the paper and the standard conv, in one registry.
 
 Every class is built as ``LAYERS[name](in_channels, out_channels, kernel_size)`` and maps
-(B, C, H, W) to (B, C, H, W) for any H, W. The 1-Lipschitz linear heads the paper uses for BCOP
-and Cayley are in ``LINEAR_HEADS``.
+(B, C, H, W) to (B, C, H, W) for any H, W. What else is known of a method (its head, display
+name, Table 1 entry, assumed Lipschitz constant) is its ``MethodSpec`` in
+``lipsweep.layers.registry``. ``LAYERS``, ``LINEAR_HEADS`` and the classes are imported on first
+use (PEP 562), so ``import lipsweep.layers`` and the registry need no torch.
 """
 
-from torch import nn
+from __future__ import annotations
 
-from lipsweep.layers.aol import AOLConv2d
-from lipsweep.layers.bcop import BCOPConv2d, BjorckLinear
-from lipsweep.layers.cayley import CayleyConv2d, CayleyLinear
-from lipsweep.layers.channels import FirstChannels, MaxMin, ZeroChannelPad
-from lipsweep.layers.cpl import CPLConv2d
-from lipsweep.layers.lot import LOTConv2d
-from lipsweep.layers.sll import SLLConv2d
-from lipsweep.layers.soc import SOCConv2d
-from lipsweep.layers.standard import StandardConv2d
+from typing import Any
 
-LAYERS: dict[str, type[nn.Module]] = {
-    "standard": StandardConv2d,
-    "aol": AOLConv2d,
-    "bcop": BCOPConv2d,
-    "cpl": CPLConv2d,
-    "cayley": CayleyConv2d,
-    "lot": LOTConv2d,
-    "sll": SLLConv2d,
-    "soc": SOCConv2d,
+from lipsweep.layers.registry import METHODS, SPECS, MethodSpec, display_name, spec
+
+_CLASSES = {
+    "AOLConv2d": "aol",
+    "BCOPConv2d": "bcop",
+    "BjorckLinear": "bcop",
+    "CPLConv2d": "cpl",
+    "CayleyConv2d": "cayley",
+    "CayleyLinear": "cayley",
+    "LOTConv2d": "lot",
+    "SLLConv2d": "sll",
+    "SOCConv2d": "soc",
+    "StandardConv2d": "standard",
+    "FirstChannels": "channels",
+    "MaxMin": "channels",
+    "ZeroChannelPad": "channels",
 }
-METHODS: tuple[str, ...] = tuple(name for name in LAYERS if name != "standard")
-LINEAR_HEADS: dict[str, type[nn.Module]] = {"bcop": BjorckLinear, "cayley": CayleyLinear}
 
-__all__ = [
-    "LAYERS",
-    "LINEAR_HEADS",
-    "METHODS",
-    "AOLConv2d",
-    "BCOPConv2d",
-    "BjorckLinear",
-    "CPLConv2d",
-    "CayleyConv2d",
-    "CayleyLinear",
-    "FirstChannels",
-    "LOTConv2d",
-    "MaxMin",
-    "SLLConv2d",
-    "SOCConv2d",
-    "StandardConv2d",
-    "ZeroChannelPad",
-]
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name == "LAYERS":
+        value: Any = {method: s.layer_class() for method, s in SPECS.items()}
+    elif name == "LINEAR_HEADS":
+        value = {method: s.head_class() for method, s in SPECS.items() if s.head}
+    elif name in _CLASSES:
+        value = getattr(importlib.import_module(f"lipsweep.layers.{_CLASSES[name]}"), name)
+    else:
+        raise AttributeError(f"module 'lipsweep.layers' has no attribute {name!r}")
+    globals()[name] = value  # built once
+    return value
+
+
+__all__ = ["LAYERS", "LINEAR_HEADS", "METHODS", "SPECS", "MethodSpec", "display_name", "spec"]
+__all__ += list(_CLASSES)

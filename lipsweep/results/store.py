@@ -25,70 +25,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-PARTITIONS = ("sweep", "dataset", "method")
-METRICS = ("accuracy", "cra_36", "cra_72", "cra_108", "cra_255", "median_margin")
-
-# The columns of one attempt (partition columns excluded: they are in the path).
-ATTEMPT_SCHEMA = pa.schema(
-    [
-        ("attempt_id", pa.string()),  # <trial_id>-a<attempt>, unique in a sweep
-        ("trial_id", pa.string()),  # <stage>-<dataset>-<size>-<method>-<budget>-t<index>
-        ("stage", pa.string()),  # "search" or "final"
-        ("size", pa.string()),
-        ("budget", pa.string()),  # "2h", "24h", ...
-        ("budget_s", pa.float64()),
-        ("trial_index", pa.int64()),
-        ("attempt", pa.int64()),  # 0 for the first try; a NaN run is retried with a new seed
-        ("epochs_planned", pa.int64()),
-        ("epochs_done", pa.int64()),
-        ("resumed_from_epoch", pa.int64()),  # > 0 if the attempt resumed from a checkpoint
-        ("lr", pa.float64()),
-        ("weight_decay", pa.float64()),
-        ("seed", pa.int64()),
-        ("batch_size", pa.int64()),
-        ("status", pa.string()),  # completed / nan / oom / failed / preempted
-        ("error", pa.string()),
-        ("eval_split", pa.string()),  # "val" in search, "test" in final
-        *[(name, pa.float64()) for name in METRICS],
-        ("lipschitz_bound", pa.float64()),  # upper bound of the trained model (final stage)
-        ("seconds_per_epoch", pa.float64()),
-        ("calibration", pa.string()),  # how epochs were planned: "measure" or "paper-a100"
-        ("train_throughput", pa.float64()),  # examples / s
-        ("inference_throughput", pa.float64()),
-        ("train_peak_bytes", pa.int64()),
-        ("inference_peak_bytes", pa.int64()),
-        ("device_seconds", pa.float64()),  # wall time the attempt held its devices
-        ("gpus", pa.float64()),  # devices per attempt (0 on CPU)
-        ("gpu_hours", pa.float64()),  # device_seconds * max(gpus, 1) / 3600: the ledger entry
-        ("device", pa.string()),
-        ("versions", pa.string()),  # "python=3.11.7 torch=2.13.0 ..."
-        ("git_commit", pa.string()),
-        ("host", pa.string()),
-        ("slurm_job_id", pa.string()),
-        ("started_at", pa.timestamp("s", tz="UTC")),
-        ("ended_at", pa.timestamp("s", tz="UTC")),
-    ]
-)
-HISTORY_SCHEMA = pa.schema(
-    [
-        ("attempt_id", pa.string()),
-        ("trial_id", pa.string()),
-        ("stage", pa.string()),
-        ("size", pa.string()),
-        ("epoch", pa.int64()),
-        ("run", pa.int64()),  # 0: the attempt's first run; n: its n-th resume from a checkpoint
-        ("lr", pa.float64()),
-        ("train_loss", pa.float64()),
-        ("train_accuracy", pa.float64()),
-        ("train_seconds", pa.float64()),
-        ("eval_seconds", pa.float64()),  # null in epochs without evaluation, as the metrics
-        ("train_peak_bytes", pa.int64()),  # measured in the first epoch of each run
-        ("inference_peak_bytes", pa.int64()),  # measured in the first evaluation of each run
-        *[(name, pa.float64()) for name in METRICS],
-        ("loss", pa.float64()),  # offset cross-entropy on the evaluation split
-        ("examples", pa.float64()),  # size of the evaluation split
-    ]
-)
+from lipsweep.names import AttemptStatus, Cell
+from lipsweep.results.schema import ATTEMPT_SCHEMA, HISTORY_SCHEMA, PARTITIONS
 
 
 def partition_dir(root: Path, table: str, row: Mapping[str, Any]) -> Path:
@@ -200,8 +138,33 @@ def read_history(*roots: Path) -> pd.DataFrame:
 def ended_for_good(attempts: pd.DataFrame, max_retries: int) -> pd.DataFrame:
     """The last attempt of each trial that will not run again: completed, failed, out of
     memory, or NaN with every retry used."""
+    if attempts.empty:
+        return attempts
     last = attempts.sort_values("attempt").drop_duplicates("trial_id", keep="last")
-    over = last["status"].isin(("completed", "failed", "oom")) | (
-        (last["status"] == "nan") & (last["attempt"] >= max_retries)
+    final = (AttemptStatus.COMPLETED, AttemptStatus.FAILED, AttemptStatus.OOM)
+    over = last["status"].isin([str(s) for s in final]) | (
+        (last["status"] == AttemptStatus.NAN) & (last["attempt"] >= max_retries)
     )
     return last[over]
+
+
+def cell_attempts(attempts: pd.DataFrame, cell: Cell, stage: str | None = None) -> pd.DataFrame:
+    """The rows of one cell (and one stage, if given)."""
+    if attempts.empty:
+        return attempts
+    mask = (
+        (attempts["dataset"] == cell.dataset)
+        & (attempts["size"] == cell.size)
+        & (attempts["method"] == cell.method)
+    )
+    if stage is not None:
+        mask &= attempts["stage"] == stage
+    return attempts[mask]
+
+
+def attempt_status(root: Path, row: Mapping[str, Any], attempt_id: str) -> str | None:
+    """Status of an attempt already in the dataset (its partition given by ``row``), or None."""
+    path = partition_dir(root, "attempts", row) / f"{attempt_id}.parquet"
+    if not path.exists():
+        return None
+    return str(pd.read_parquet(path, columns=["status"])["status"].iloc[0])

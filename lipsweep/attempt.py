@@ -16,23 +16,22 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from lipsweep.certify import evaluate, lipschitz_upper_bound
 from lipsweep.data import DATASETS, Batches, ImageSet, load_split, train_val_split
+from lipsweep.layers.registry import spec as method_spec
 from lipsweep.loss import offset_cross_entropy
 from lipsweep.measure import PeakMemory
 from lipsweep.memory import is_out_of_memory, memory_cap
 from lipsweep.model import build_model
+from lipsweep.names import CHECKPOINT, PROGRESS, AttemptStatus
 
-Status = Literal["completed", "nan", "oom", "failed"]
-CHECKPOINT = "checkpoint.pt"
-PROGRESS = "progress.json"
 SPLIT_SEED = 0  # one fixed 90/10 split per dataset, so every search trial sees the same one
 
 
@@ -62,8 +61,9 @@ class TrialSpec:
 class Outcome:
     """What an attempt produced; metrics are from the last evaluation."""
 
-    status: Status
+    status: AttemptStatus
     error: str = ""
+    train_examples: int = 0  # examples per training epoch
     epochs_done: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
@@ -117,10 +117,10 @@ def load_data(spec: TrialSpec) -> tuple[ImageSet, ImageSet]:
 
 
 def assumed_lipschitz(spec: TrialSpec) -> float:
-    """The Lipschitz constant certificates use during training: 1 for the 1-Lipschitz methods
-    (final runs are re-certified with the measured bound if it exceeds 1), infinity for the
-    unconstrained standard conv, which certifies nothing."""
-    return math.inf if spec.method == "standard" else 1.0
+    """The Lipschitz constant certificates use during training (the method's registry spec):
+    1 for the 1-Lipschitz methods (final runs are re-certified with the bound if it exceeds 1),
+    infinity for the unconstrained standard conv, which certifies nothing."""
+    return method_spec(spec.method).assumed_lipschitz
 
 
 def model_config(spec: TrialSpec) -> dict[str, str]:
@@ -267,7 +267,7 @@ def run_attempt(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> Outcome:
     """Train (or resume) one attempt to its planned epochs; never raises."""
-    outcome = Outcome(status="failed", started_at=now())
+    outcome = Outcome(status=AttemptStatus.FAILED, started_at=now())
     workdir.mkdir(parents=True, exist_ok=True)
     attempt: Attempt | None = None
     try:
@@ -276,18 +276,19 @@ def run_attempt(
             if attempt.restore():
                 outcome.resumed_from_epoch = attempt.epoch
             train, held_out = load_data(spec)
+            outcome.train_examples = len(train)
             _train_to_end(attempt, train, held_out, on_epoch)
-            outcome.status = "completed"
+            outcome.status = AttemptStatus.COMPLETED
             if spec.stage == "final":
                 certify_with_bound(attempt, held_out, outcome)
     except NonFiniteError as error:
-        outcome.status, outcome.error = "nan", str(error)
+        outcome.status, outcome.error = AttemptStatus.NAN, str(error)
     except Exception as error:
         if is_out_of_memory(error):
-            outcome.status, outcome.error = "oom", str(error).splitlines()[0]
+            outcome.status, outcome.error = AttemptStatus.OOM, str(error).splitlines()[0]
         else:
             last_line = traceback.format_exc().strip().splitlines()[-1]
-            outcome.status, outcome.error = "failed", last_line
+            outcome.status, outcome.error = AttemptStatus.FAILED, last_line
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -370,7 +371,3 @@ def _last_metrics(history: list[dict[str, float]]) -> dict[str, float]:
             kept = ("epoch", "run", "lr", "train_peak_bytes", "inference_peak_bytes")
             return {k: v for k, v in row.items() if k not in kept}
     return {}
-
-
-def spec_to_dict(spec: TrialSpec) -> dict[str, Any]:
-    return asdict(spec)

@@ -1,0 +1,276 @@
+"""Budgets turned into epochs: seconds per epoch measured on this hardware, or the paper's A100
+table.
+
+The paper times training batches (forward, backward, SGD step) on an A100 and sets
+``epochs = floor(budget / seconds_per_epoch)`` (PAPER.md section 3). ``calibrate_cell`` does
+the same on the hardware a sweep runs on, in the conditions its trials run in: the trial's
+torch thread count (``--cpus-per-trial``), its device and batch size. Measurements are cached
+in ``$LIPSWEEP_CACHE/calibrations.json`` (default ``~/.cache/lipsweep``), keyed by device
+(with its thread count), dataset, size, method and batch size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from lipsweep.budget import Budget
+from lipsweep.config import SweepConfig
+from lipsweep.errors import InputError
+from lipsweep.measure import device_name, time_training
+from lipsweep.names import Cell
+from lipsweep.plan import CellPlan, check_epochs, load_plan, planned_trials
+
+# Paper Table 8: epochs that fit in 2 hours on an A100-80GB at batch 256, sizes XS, S, M, L.
+# CIFAR-100 uses the CIFAR-10 budgets; None = did not fit in 80 GB (LOT-L).
+PAPER_A100_EPOCHS_2H: dict[str, dict[str, tuple[int | None, ...]]] = {
+    "cifar": {
+        "aol": (837, 763, 367, 83),
+        "bcop": (127, 125, 94, 24),
+        "cpl": (836, 797, 522, 194),
+        "cayley": (356, 214, 70, 17),
+        "lot": (222, 68, 11, None),
+        "sll": (735, 703, 353, 79),
+        "soc": (371, 336, 201, 77),
+    },
+    "tiny-imagenet": {
+        "aol": (223, 213, 123, 34),
+        "bcop": (50, 50, 39, 11),
+        "cpl": (240, 194, 148, 63),
+        "cayley": (138, 86, 30, 8),
+        "lot": (83, 29, 5, None),
+        "sll": (242, 194, 118, 32),
+        "soc": (122, 87, 63, 27),
+    },
+}
+PAPER_SIZES = ("XS", "S", "M", "L")
+PAPER_BUDGET_S = 7200.0
+
+
+class CalibrationError(InputError):
+    """A calibration that cannot be given (unknown cell, budget shorter than an epoch)."""
+
+
+def paper_epochs(dataset: str, size: str, method: str, budget_s: float) -> int:
+    """Epochs the paper trained for this cell and budget: epochs_2h * budget / 2h, floored
+    (10h = 5x and 24h = 12x the 2h figure, as in the paper's make_tree.get_epochs)."""
+    group = {"cifar10": "cifar", "cifar100": "cifar"}.get(dataset, dataset)
+    if group not in PAPER_A100_EPOCHS_2H or size not in PAPER_SIZES:
+        raise CalibrationError(
+            f"the paper's A100 table covers cifar10, cifar100, tiny-imagenet x XS/S/M/L, "
+            f"not {dataset} {size}: use --calibration measure"
+        )
+    table = PAPER_A100_EPOCHS_2H[group]
+    if method not in table:
+        raise CalibrationError(f"the paper's A100 table has no method {method!r}")
+    epochs_2h = table[method][PAPER_SIZES.index(size)]
+    if epochs_2h is None:
+        raise CalibrationError(f"{method}-{size} on {dataset} did not fit in 80 GB in the paper")
+    return math.floor(epochs_2h * budget_s / PAPER_BUDGET_S)
+
+
+def epochs_for_budget(seconds_per_epoch: float, budget_s: float) -> int:
+    """floor(budget / seconds per epoch), as the paper does."""
+    return math.floor(budget_s / seconds_per_epoch)
+
+
+@dataclass
+class Calibration:
+    """Seconds per epoch of one cell on one device, the basis of every epoch budget."""
+
+    device: str
+    dataset: str
+    size: str
+    method: str
+    batch_size: int
+    train_examples: int
+    train_batch_s: float
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.train_examples / self.batch_size)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.train_batch_s * self.batches_per_epoch
+
+    def epochs(self, budget_s: float) -> int:
+        return epochs_for_budget(self.seconds_per_epoch, budget_s)
+
+
+class CalibrationCache:
+    """Calibrations on disk (JSON), keyed by (device, dataset, size, method, batch size)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @staticmethod
+    def key(device: str, dataset: str, size: str, method: str, batch_size: int) -> str:
+        return f"{device}|{dataset}|{size}|{method}|{batch_size}"
+
+    def load(self) -> dict[str, dict]:
+        if not self.path.exists():
+            return {}
+        return json.loads(self.path.read_text())
+
+    def get(
+        self, device: str, dataset: str, size: str, method: str, batch_size: int
+    ) -> Calibration | None:
+        entry = self.load().get(self.key(device, dataset, size, method, batch_size))
+        return Calibration(**entry) if entry else None
+
+    def put(self, calibration: Calibration) -> None:
+        entries = self.load()
+        c = calibration
+        entries[self.key(c.device, c.dataset, c.size, c.method, c.batch_size)] = asdict(c)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        os.replace(temporary, self.path)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LIPSWEEP_CACHE", Path.home() / ".cache" / "lipsweep"))
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op threads (None: unchanged), as a trial does."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def calibrate_cell(
+    dataset: str,
+    size: str,
+    method: str,
+    batch_size: int,
+    train_examples: int,
+    device: torch.device,
+    cache: CalibrationCache | None = None,
+    batches: int = 5,
+    threads: int | None = None,
+) -> Calibration:
+    """Seconds per epoch of a cell on this device: timed training batches (after a warm-up)
+    times batches per epoch, with ``threads`` torch threads (a trial's ``--cpus-per-trial``).
+    An epoch shorter than ``batches`` batches is timed over its own batches only. Cached per
+    (device and threads, dataset, size, method, batch size)."""
+    from lipsweep.data import DATASETS
+    from lipsweep.model import build_model
+
+    with torch_threads(threads):
+        name = device_name(device)
+        cached = cache.get(name, dataset, size, method, batch_size) if cache else None
+        if cached is not None:
+            cached.train_examples = train_examples
+            return cached
+        info = DATASETS[dataset]
+        batch = min(batch_size, train_examples)
+        shape = (batch, info.channels, info.image_size, info.image_size)
+        inputs = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
+        model = build_model(method, size, dataset).to(device)
+        timed = max(1, min(batches, math.ceil(train_examples / batch_size)))
+        batch_s, _ = time_training(model, inputs, batches=timed, warmup=1)
+    calibration = Calibration(name, dataset, size, method, batch_size, train_examples, batch_s)
+    if cache is not None:
+        cache.put(calibration)
+    return calibration
+
+
+# ----------------------------------------------------------------------------- cells -> plans
+
+
+def plan_cell(
+    config: SweepConfig, cell: Cell, train_examples: Callable[[str], int] | None = None
+) -> CellPlan:
+    """Calibrate one cell: seconds per epoch and the epochs each budget buys.
+
+    ``train_examples(dataset)`` counts a dataset's training examples (measured calibration only;
+    default: read the split)."""
+    labels = (config.search_budget, *config.budgets)
+    if config.calibration == "paper-a100":  # needs no data and no hardware
+        epochs = {b: paper_epochs(*_key(cell), Budget.parse(b).seconds) for b in labels}
+        spe = 7200.0 / max(paper_epochs(*_key(cell), 7200), 1)
+        how = "the paper's A100 table"
+    else:
+        examples = (train_examples or count_train_examples(config))(cell.dataset)
+        if config.max_examples is not None:
+            examples = min(examples, config.max_examples)
+        calibration = calibrate_cell(
+            *_key(cell),
+            config.batch_size,
+            examples,
+            torch.device(config.device),
+            CalibrationCache(default_cache_dir() / "calibrations.json"),
+            threads=config.cpus_per_trial if config.device == "cpu" else None,
+        )
+        epochs = {b: calibration.epochs(Budget.parse(b).seconds) for b in labels}
+        spe = calibration.seconds_per_epoch
+        how = f"measured on {calibration.device}"
+    if config.max_epochs is not None:
+        epochs = {b: min(e, config.max_epochs) for b, e in epochs.items()}
+    return CellPlan(cell.dataset, cell.size, cell.method, spe, epochs, how)
+
+
+def _key(cell: Cell) -> tuple[str, str, str]:
+    return cell.dataset, cell.size, cell.method
+
+
+def count_train_examples(config: SweepConfig) -> Callable[[str], int]:
+    """Training examples per dataset, each dataset read once and only when asked."""
+    from lipsweep.data import load_split
+
+    counts: dict[str, int] = {}
+    data_dir = Path(config.data_dir) if config.data_dir else None
+
+    def count(dataset: str) -> int:
+        if dataset not in counts:
+            counts[dataset] = len(load_split(dataset, "train", data_dir))
+        return counts[dataset]
+
+    return count
+
+
+Progress = Callable[[int, int, Cell], None]  # (cells done, cells, cell now) -> None
+
+
+def make_plans(
+    config: SweepConfig, out: Path | None = None, progress: Progress | None = None
+) -> tuple[list[CellPlan], list[str]]:
+    """Calibrate every cell (stored plans of ``out`` are kept); returns (plans, notes).
+
+    A cell the paper's A100 table has no epochs for (LOT-L: it did not fit in 80 GB) is left
+    out with a note, as the paper left it out. A cell whose budget buys no epoch stops the
+    planning at once (InputError), before the other cells are calibrated."""
+    plans, notes = [], []
+    count = count_train_examples(config)
+    cells = config.cells()
+    for done, cell in enumerate(cells):
+        if progress is not None:
+            progress(done, len(cells), cell)
+        stored = load_plan(out, cell) if out is not None else None
+        if stored is not None:  # a resumed sweep keeps the epochs it started with
+            plans.append(stored)
+            continue
+        try:
+            plan = plan_cell(config, cell, count)
+        except CalibrationError as error:
+            if "did not fit" not in str(error):
+                raise
+            notes.append(f"left out: {error}")
+            continue
+        check_epochs(planned_trials(config, [plan]))
+        plans.append(plan)
+    return plans, notes

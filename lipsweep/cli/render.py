@@ -1,0 +1,70 @@
+"""Tables of the sweep commands: the plan and the status (rich), from the library's data."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from rich.console import RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from lipsweep.config import SweepConfig
+from lipsweep.names import Cell
+from lipsweep.plan import CellPlan, hours_unit, planned_trials, summarize
+from lipsweep.status import SweepStatus, sweep_status
+
+
+def plan_table(config: SweepConfig, plans: list[CellPlan], devices: int) -> Table:
+    how = sorted({plan.how for plan in plans if plan.how}) or [config.calibration]
+    table = Table(title=f"plan of sweep {config.sweep_id} (epochs from {', '.join(how)})")
+    table.add_column("cell")
+    table.add_column("s/epoch", justify="right")
+    table.add_column(f"search {config.search_budget}", justify="right")
+    for label in config.budgets:
+        table.add_column(f"final {label}", justify="right")
+    for plan in plans:
+        epochs = [str(plan.epochs[b]) for b in (config.search_budget, *config.budgets)]
+        table.add_row(plan.cell.name, f"{plan.seconds_per_epoch:.2f}", *epochs)
+    summary = summarize(config, planned_trials(config, plans), devices)
+    table.caption = "epochs per trial; " + ", ".join(
+        f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()
+    )
+    return table
+
+
+def status_table(status: SweepStatus, jobs: dict[Cell, str] | None = None) -> Table:
+    config = status.config
+    unit = "GPU-h" if config.gpus_per_trial > 0 else "dev-h"
+    table = Table(title=f"sweep {config.sweep_id} in {status.folder}")
+    columns = ["cell", "search", "run", "fail", "best val CRA", "finals", unit, f"{unit} left"]
+    for column in columns + (["SLURM job"] if jobs else []):
+        table.add_column(column, justify="left" if column in ("cell", "SLURM job") else "right")
+    for cell in status.cells:
+        row = [
+            cell.cell.name,
+            f"{cell.search_done}/{config.trials}",
+            str(cell.running),
+            str(cell.search_failed),
+            "-" if math.isnan(cell.best_val_cra) else f"{cell.best_val_cra:.3f}",
+            f"{cell.finals_done}/{len(config.budgets)}",
+            f"{cell.device_hours:.3f}",
+            "-" if cell.hours_left is None else f"{cell.hours_left:.3f}",
+        ]
+        table.add_row(*row, *([jobs.get(cell.cell, "-")] if jobs else []))
+    cap = f" of {config.max_gpu_hours:g}" if config.max_gpu_hours else ""
+    table.caption = (
+        f"{status.finished} attempts finished, {status.running} running, "
+        f"{status.interrupted} interrupted; {hours_unit(config)} {status.spent_hours:.3f}{cap}; "
+        f"{status.eta_text()}"
+    )
+    return table
+
+
+def live_status(folder: Path) -> RenderableType:
+    """The status table, or a note while it cannot be read (never raises: it runs in the
+    refresh thread of the live display)."""
+    try:
+        return status_table(sweep_status(folder))
+    except Exception as error:  # a half-written folder must not stop the sweep
+        return Text(f"status unavailable: {error}")

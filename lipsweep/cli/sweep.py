@@ -1,0 +1,308 @@
+"""`lipsweep launch / plan / resume / status / cancel / slurm-cell`."""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.live import Live
+
+from lipsweep.backends import backend_for
+from lipsweep.backends.base import Monitor
+from lipsweep.calibrate import make_plans
+from lipsweep.cli.common import (
+    DataOpt,
+    budgets,
+    console,
+    log_line,
+    log_range,
+    split_list,
+    sweep_folder,
+)
+from lipsweep.cli.render import live_status, plan_table, status_table
+from lipsweep.config import SlurmOptions, SweepConfig, preset_config
+from lipsweep.errors import InputError
+from lipsweep.names import Cell
+from lipsweep.status import sweep_status
+
+DatasetsOpt = Annotated[str | None, typer.Option(help="Comma-separated datasets.")]
+SizesOpt = Annotated[str | None, typer.Option(help="Comma-separated sizes (XS,S,M,L).")]
+MethodsOpt = Annotated[str | None, typer.Option(help="Comma-separated methods.")]
+BudgetOpt = Annotated[
+    str | None, typer.Option(help="Final-run budget(s), e.g. 24h or 2h,10h,24h (default 24h).")
+]
+TrialsOpt = Annotated[int | None, typer.Option(help="Search trials per cell (paper: 16).")]
+SearchOpt = Annotated[str | None, typer.Option(help="Budget of each search trial (paper: 2h).")]
+PresetOpt = Annotated[str | None, typer.Option(help="paper (default) or quickstart.")]
+OutOpt = Annotated[Path, typer.Option(help="The sweep's folder (results, checkpoints, studies).")]
+
+
+def sweep_options(
+    datasets: str | None,
+    sizes: str | None,
+    methods: str | None,
+    budget: str | None,
+    search_budget: str | None,
+) -> dict[str, object]:
+    search = budgets(search_budget)
+    return {
+        "datasets": split_list(datasets),
+        "sizes": split_list(sizes),
+        "methods": split_list(methods),
+        "budgets": budgets(budget),
+        "search_budget": search[0] if search else None,
+    }
+
+
+def calibration_progress(done: int, total: int, cell: Cell) -> None:
+    line = f"calibrating cell {done + 1} of {total}: {cell}"
+    console.print(line) if console.is_terminal else log_line(line)
+
+
+def run_backend(config: SweepConfig, out: Path) -> None:
+    """Run the sweep on its backend: a live table in a terminal, plain lines otherwise."""
+    monitor: Monitor = console.print if console.is_terminal else log_line
+    live = (
+        Live(
+            get_renderable=lambda: live_status(out),
+            console=console,
+            refresh_per_second=0.2,
+            transient=True,
+        )
+        if console.is_terminal and config.backend != "slurm"
+        else nullcontext()
+    )
+    started = time.monotonic()
+    with live:
+        backend_for(config).launch(config, out, monitor, calibration_progress)
+    if config.backend != "slurm":
+        monitor(f"sweep done in {time.monotonic() - started:.0f} s")
+        print_ranking(out)
+
+
+def print_ranking(out: Path) -> None:
+    """The ranking of the sweep's final runs, its tables and figures (analysis package)."""
+    from analysis.rank_command import run_rank
+
+    run_rank([out], [1, 3, 10], 36, None, False, None, console)
+    console.print(f"results in {out / 'results'}; figures in {out / 'analysis'}")
+
+
+def launch(
+    out: OutOpt = Path("runs/sweep"),
+    preset: PresetOpt = None,
+    datasets: DatasetsOpt = None,
+    sizes: SizesOpt = None,
+    methods: MethodsOpt = None,
+    budget: BudgetOpt = None,
+    trials: TrialsOpt = None,
+    search_budget: SearchOpt = None,
+    calibration: Annotated[
+        str, typer.Option(help="measure (this hardware) or paper-a100.")
+    ] = "measure",
+    max_gpu_hours: Annotated[
+        float | None, typer.Option(help="Stop starting attempts past this many GPU-hours.")
+    ] = None,
+    gpus_per_trial: Annotated[
+        float, typer.Option(help="GPUs per trial (0: CPU; 0.5: two per GPU).")
+    ] = 0.0,
+    cpus_per_trial: Annotated[int, typer.Option(help="CPU cores (torch threads) per trial.")] = 1,
+    max_retries: Annotated[int, typer.Option(help="New-seed retries of a NaN attempt.")] = 2,
+    sampler: Annotated[str, typer.Option(help="Optuna sampler: random (paper) or tpe.")] = "random",
+    seed: Annotated[int, typer.Option(help="Seed of the samplers and final-run seeds.")] = 0,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (paper: 256).")] = None,
+    data_dir: DataOpt = None,
+    lr_range: Annotated[
+        str | None, typer.Option(help="Learning rates searched, LOW,HIGH (paper: 1e-4,1e-1).")
+    ] = None,
+    wd_range: Annotated[
+        str | None, typer.Option(help="Weight decays searched, LOW,HIGH (paper: 3.16e-6,3.16e-4).")
+    ] = None,
+    memory_per_trial: Annotated[
+        float | None,
+        typer.Option(help="GiB an attempt may allocate; past it the attempt ends as 'oom'."),
+    ] = None,
+    max_examples: Annotated[
+        int | None, typer.Option(help="Smoke runs: use only the first N examples of each split.")
+    ] = None,
+    max_epochs: Annotated[
+        int | None, typer.Option(help="Smoke runs: cap the epochs any budget buys.")
+    ] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Checkpoint attempts every N epochs (and every 5 minutes).")
+    ] = 10,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="local (Ray in this process), ray (--address) or slurm (a job per cell)."
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address for --backend ray.")
+    ] = None,
+    slurm_config: Annotated[
+        Path | None, typer.Option(help="TOML/JSON file of the SLURM options below.")
+    ] = None,
+    partition: Annotated[str | None, typer.Option(help="SLURM partition.")] = None,
+    gpus_per_node: Annotated[int | None, typer.Option(help="SLURM GPUs per cell job.")] = None,
+    cpus_per_task: Annotated[int | None, typer.Option(help="SLURM CPUs per cell job.")] = None,
+    mem: Annotated[str | None, typer.Option(help="SLURM memory per cell job, e.g. 16G.")] = None,
+    time_limit: Annotated[
+        str | None,
+        typer.Option("--time", help="SLURM time limit per cell job (HH:MM:SS, D-HH:MM:SS)."),
+    ] = None,
+    account: Annotated[str | None, typer.Option(help="SLURM account.")] = None,
+    qos: Annotated[str | None, typer.Option(help="SLURM QOS.")] = None,
+    constraint: Annotated[str | None, typer.Option(help="SLURM node constraint.")] = None,
+    array_parallelism: Annotated[
+        int | None, typer.Option(help="SLURM cell jobs running at once.")
+    ] = None,
+) -> None:
+    """Run the paper's protocol: search, select, final runs, into a Parquet dataset.
+
+    Re-running the same launch resumes it."""
+    slurm = None
+    if backend == "slurm":
+        base = SlurmOptions.from_file(slurm_config) if slurm_config else SlurmOptions()
+        given = {
+            "partition": partition, "gpus_per_node": gpus_per_node, "cpus_per_task": cpus_per_task,
+            "mem": mem, "time": time_limit, "account": account, "qos": qos,
+            "constraint": constraint, "array_parallelism": array_parallelism,
+        }  # fmt: skip
+        slurm = SlurmOptions.from_dict(
+            {**vars(base), **{k: v for k, v in given.items() if v is not None}}, "SLURM options"
+        )
+    config = preset_config(
+        preset,
+        out,
+        **sweep_options(datasets, sizes, methods, budget, search_budget),
+        trials=trials,
+        calibration=calibration,
+        max_gpu_hours=max_gpu_hours,
+        gpus_per_trial=gpus_per_trial,
+        cpus_per_trial=cpus_per_trial,
+        max_retries=max_retries,
+        sampler=sampler,
+        seed=seed,
+        batch_size=batch_size,
+        data_dir=str(data_dir) if data_dir else None,
+        lr_range=log_range(lr_range, "--lr-range"),
+        weight_decay_range=log_range(wd_range, "--wd-range"),
+        memory_per_trial_gib=memory_per_trial,
+        max_examples=max_examples,
+        max_epochs=max_epochs,
+        checkpoint_every_epochs=checkpoint_every,
+        backend=backend,
+        address=address,
+        slurm=slurm,
+    )
+    run_backend(config, out)
+
+
+def plan(
+    out: Annotated[Path, typer.Option(help="Folder the sweep would use (for its id).")] = Path(
+        "runs/sweep"
+    ),
+    preset: PresetOpt = None,
+    datasets: DatasetsOpt = None,
+    sizes: SizesOpt = None,
+    methods: MethodsOpt = None,
+    budget: BudgetOpt = None,
+    trials: TrialsOpt = None,
+    search_budget: SearchOpt = None,
+    calibration: Annotated[
+        str,
+        typer.Option(
+            help="paper-a100 (default: the paper's table, no hardware needed) or measure (this hardware, as launch does)."
+        ),
+    ] = "paper-a100",
+    gpus: Annotated[int, typer.Option(min=1, help="Devices to compute the makespan for.")] = 8,
+    data_dir: DataOpt = None,
+) -> None:
+    """Print, before anything runs, the attempts, GPU-hours and makespan of a launch.
+
+    Unlike launch it defaults to the paper's A100 epochs, so the paper's protocol can be
+    planned on any machine; the table's title says where the epochs came from."""
+    config = preset_config(
+        preset,
+        out,
+        **sweep_options(datasets, sizes, methods, budget, search_budget),
+        trials=trials,
+        calibration=calibration,
+        gpus_per_trial=1.0,
+        data_dir=str(data_dir) if data_dir else None,
+    )
+    plans, notes = make_plans(config)
+    for note in notes:
+        console.print(f"[yellow]{note}[/]")
+    console.print(plan_table(config, plans, gpus))
+
+
+def resume(out: Annotated[Path, typer.Argument(help="The sweep's folder.")]) -> None:
+    """Finish a sweep that was interrupted, on the backend it was launched with (stored in its
+    sweep.json): nothing finished runs again."""
+    run_backend(SweepConfig.load(sweep_folder(out)), out)
+
+
+def status(
+    out: Annotated[Path, typer.Argument(help="The sweep's folder.")],
+    watch: Annotated[
+        float, typer.Option(help="Refresh every N seconds until Ctrl-C (0: once).")
+    ] = 0.0,
+) -> None:
+    """Show each cell's search trials, best validation CRA, final runs and GPU-hours."""
+    sweep_folder(out)
+    backend = backend_for(SweepConfig.load(out))
+
+    def table():
+        return status_table(sweep_status(out), backend.job_states(out))
+
+    if watch <= 0:
+        console.print(table())
+        return
+    with Live(table(), console=console, refresh_per_second=1) as live:
+        try:
+            while True:
+                time.sleep(watch)
+                live.update(table())
+        except KeyboardInterrupt:
+            pass
+
+
+def cancel(out: Annotated[Path, typer.Argument(help="The sweep's folder.")]) -> None:
+    """Cancel the sweep's queued and running SLURM jobs (scancel by job id)."""
+    config = SweepConfig.load(sweep_folder(out))
+    if config.backend != "slurm":
+        raise InputError(
+            f"{out} runs on the {config.backend} backend, not SLURM: nothing to cancel"
+        )
+    cancelled = backend_for(config).cancel(out)
+    console.print(f"cancelled {len(cancelled)} jobs: {' '.join(cancelled) or '-'}")
+
+
+def slurm_cell(
+    out: Annotated[Path, typer.Argument(help="The sweep's folder (holding sweep.json).")],
+    cell: Annotated[str, typer.Argument(help="The cell, e.g. cifar10-XS-aol.")],
+) -> None:
+    """Run one cell of a sweep inside a SLURM job (what jobs/lipsweep_cell.sbatch calls)."""
+    from jobs.cell import CellJob
+
+    config = SweepConfig.load(sweep_folder(out))
+    try:
+        chosen = Cell.parse(cell)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    if chosen not in config.cells():
+        raise InputError(f"{cell} is not a cell of sweep {config.sweep_id}")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    CellJob(out, config, chosen, None)()
+
+
+def register(app: typer.Typer) -> None:
+    for command in (launch, plan, resume, status, cancel):
+        app.command()(command)
+    app.command("slurm-cell")(slurm_cell)

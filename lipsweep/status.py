@@ -1,0 +1,172 @@
+"""Where a sweep stands, per cell, from its files alone, as data (the CLI renders it).
+
+Reads sweep.json, the stored plans, the Parquet dataset and the attempts' progress files;
+starts nothing (no Ray, no torch, no SLURM call), so it is cheap to run while the sweep runs,
+on any machine that sees the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lipsweep.config import SweepConfig
+from lipsweep.names import PROGRESS, AttemptStatus, Cell, device_hours, parse_attempt_id
+from lipsweep.plan import load_plan, planned_trials
+from lipsweep.process import process_alive
+from lipsweep.results.store import cell_attempts, ended_for_good, read_attempts
+
+RECENT_S = 900.0  # on another host, progress this recent counts as a running attempt
+
+
+@dataclass(frozen=True)
+class Progress:
+    """An attempt with progress but no result: running, or interrupted (waiting for a resume)."""
+
+    attempt_id: str
+    epoch: int
+    alive: bool  # its process runs (this host), or it wrote progress lately (other hosts)
+
+
+@dataclass(frozen=True)
+class CellStatus:
+    cell: Cell
+    search_done: int  # completed search trials
+    search_failed: int  # search trials that ended otherwise
+    running: int  # attempts of the cell (search or final) running now
+    best_val_cra: float  # NaN until a search trial completed
+    finals_done: int
+    device_hours: float  # spent
+    hours_left: float | None  # None without a stored plan
+
+
+@dataclass(frozen=True)
+class SweepStatus:
+    config: SweepConfig
+    folder: Path
+    cells: list[CellStatus]
+    finished: int  # attempts with a row
+    running: int
+    interrupted: int
+    spent_hours: float
+
+    @property
+    def hours_left(self) -> float:
+        return sum(c.hours_left or 0.0 for c in self.cells)
+
+    def eta_text(self) -> str:
+        """Wall time left if the attempts running now keep running side by side."""
+        left = self.hours_left
+        if left <= 0:
+            return "nothing left to run"
+        if self.running == 0:
+            return (
+                f"{left:.3f} device-hours left; nothing running now (`lipsweep resume` finishes it)"
+            )
+        from lipsweep.budget import format_budget
+
+        share = device_hours(3600.0, self.config.gpus_per_trial)
+        wall_s = left * 3600 / share / self.running
+        return f"{left:.3f} device-hours left; ETA ~{format_budget(max(wall_s, 1.0))} at {self.running} attempts at a time"
+
+
+def read_progress(path: Path) -> Progress:
+    progress = json.loads(path.read_text())
+    if progress.get("host") == socket.gethostname() and "pid" in progress:
+        alive = process_alive(int(progress["pid"]))
+    else:
+        alive = time.time() - path.stat().st_mtime < RECENT_S
+    return Progress(path.parent.name, int(progress["epoch"]), alive)
+
+
+def unfinished_attempts(folder: Path, finished: set[str]) -> list[Progress]:
+    """Progress of the attempts that have no result yet."""
+    return [
+        read_progress(path)
+        for path in sorted((folder / "attempts").glob(f"*/{PROGRESS}"))
+        if path.parent.name not in finished
+    ]
+
+
+def _cell_of(progress: Progress) -> Cell | None:
+    try:
+        return parse_attempt_id(progress.attempt_id)[0].cell
+    except ValueError:
+        return None
+
+
+def hours_left(
+    config: SweepConfig, folder: Path, mine: pd.DataFrame, running: list[Progress], cell: Cell
+) -> float | None:
+    """Device-hours the cell's unfinished trials still need, from its stored plan (epochs per
+    budget, seconds per epoch) less the epochs its running attempts have done; None without a
+    plan. A NaN retry or a trial past the cap can change it."""
+    plan = load_plan(folder, cell)
+    if plan is None:
+        return None
+    ended_rows = ended_for_good(mine, config.max_retries)
+    ended = set(ended_rows["trial_id"]) if not ended_rows.empty else set()
+    searched = ended_rows[ended_rows["stage"] == "search"] if not ended_rows.empty else ended_rows
+    no_final = (
+        len(searched) == config.trials and not (searched["status"] == AttemptStatus.COMPLETED).any()
+    )
+    epochs_left = 0
+    for trial in planned_trials(config, [plan]):
+        if trial.trial_id in ended or (trial.stage == "final" and no_final):
+            continue
+        done = max(
+            (p.epoch for p in running if parse_attempt_id(p.attempt_id)[0] == trial.id), default=0
+        )
+        epochs_left += max(trial.epochs - done, 0)
+    return device_hours(epochs_left * plan.seconds_per_epoch, config.gpus_per_trial)
+
+
+def cell_status(
+    config: SweepConfig, folder: Path, mine: pd.DataFrame, running: list[Progress], cell: Cell
+) -> CellStatus:
+    search = mine[mine["stage"] == "search"] if not mine.empty else mine
+    finals = mine[mine["stage"] == "final"] if not mine.empty else mine
+    last = (
+        search.sort_values("attempt").drop_duplicates("trial_id", keep="last")
+        if not search.empty
+        else search
+    )
+    completed = last[last["status"] == AttemptStatus.COMPLETED] if not last.empty else last
+    return CellStatus(
+        cell=cell,
+        search_done=len(completed),
+        search_failed=len(last) - len(completed),
+        running=sum(1 for p in running if p.alive and _cell_of(p) == cell),
+        best_val_cra=float(completed["cra_36"].max()) if not completed.empty else math.nan,
+        finals_done=int((finals["status"] == AttemptStatus.COMPLETED).sum())
+        if not finals.empty
+        else 0,
+        device_hours=float(mine["gpu_hours"].sum()) if not mine.empty else 0.0,
+        hours_left=hours_left(config, folder, mine, running, cell),
+    )
+
+
+def sweep_status(folder: Path) -> SweepStatus:
+    config = SweepConfig.load(folder)
+    attempts = read_attempts(folder)
+    finished = set(attempts["attempt_id"]) if not attempts.empty else set()
+    running = unfinished_attempts(folder, finished)
+    cells = [
+        cell_status(config, folder, cell_attempts(attempts, cell), running, cell)
+        for cell in config.cells()
+    ]
+    return SweepStatus(
+        config=config,
+        folder=folder,
+        cells=cells,
+        finished=len(attempts),
+        running=sum(p.alive for p in running),
+        interrupted=sum(not p.alive for p in running),
+        spent_hours=float(attempts["gpu_hours"].sum()) if not attempts.empty else 0.0,
+    )
