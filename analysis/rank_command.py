@@ -32,6 +32,14 @@ def print_ranking(
 ) -> None:
     """The method ranking per budget, then each group's best models."""
     ranking = rank_methods(models, top, metric)
+    for (dataset, budget), rows in models.groupby(["dataset", "budget"]):
+        values = rows[metric].dropna()
+        if len(values) > 1 and values.nunique() == 1:
+            what = "0" if values.iloc[0] == 0 else f"{values.iloc[0]:.4f}"
+            console.print(
+                f"[yellow]{dataset}, {budget}: every method has {metric} = {what}: "
+                "the ranking below does not separate them[/]"
+            )
     for budget, rows in ranking.groupby("budget", sort=False):
         console.print(rich_ranking(rows, f"{source}: ranking by {metric}, budget {budget}"))
     ranked = rank_models(models, metric)
@@ -81,7 +89,7 @@ def run_rank(
     if budget is not None:
         models = models[models["budget"] == budget]
     if models.empty or metric not in models or models[metric].notna().sum() == 0:
-        console.print(f"[red]no completed final-stage results with {metric} in {source}")
+        console.print(f"[red]error:[/] no completed final-stage results with {metric} in {source}")
         return 1
     print_ranking(models, top, metric, source, console)
     reference = paper_results()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import math
 import multiprocessing
+import sys
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -25,6 +26,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import torch
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -193,35 +195,37 @@ def _bytes(value: float) -> str:
     return str(value)
 
 
-def _cell(frame_row: pd.Series, name: str, formatted: str) -> str:
-    ratio = frame_row.get(f"{name}_ratio", math.nan)
-    return formatted if pd.isna(ratio) else f"{formatted} ({ratio:.2f}x)"
+def _ratio(row: pd.Series, name: str) -> str:
+    ratio = row.get(f"{name}_ratio", math.nan)
+    return "-" if pd.isna(ratio) else f"{ratio:.2f}"
 
 
-def render_table(frame: pd.DataFrame, title: str = "lipsweep bench") -> Table:
-    """A rich table: every figure with its ratio to the standard conv in brackets."""
-    table = Table(title=title)
-    for header in (
-        "size", "method", "train s/batch", "s/epoch", "infer s/batch", "uncached s/batch",
-        "cache speedup", "caching s", "train ex/s", "infer ex/s", "train peak", "infer peak",
+def render_tables(frame: pd.DataFrame, title: str = "lipsweep bench") -> list[Table]:
+    """Two tables that fit 80 columns, training then inference; "x std" columns are the ratio
+    to the standard conv of the same size measured in the same run."""
+    train = Table(title=f"{title}: training", box=box.SIMPLE_HEAD)
+    train.caption = "times in seconds; peak: memory above the start (throughputs: --format csv)"
+    infer = Table(title=f"{title}: cached inference", box=box.SIMPLE_HEAD)
+    infer.caption = "uncached: s/batch recomputing the weights; caching: s of the first batch"
+    for table, headers in (
+        (train, ("size", "method", "s/batch", "x std", "s/epoch", "peak", "x std")),
+        (infer, ("size", "method", "s/batch", "x std", "uncached", "speedup", "caching", "peak")),
     ):  # fmt: skip
-        table.add_column(header, justify="left" if header in ("size", "method") else "right")
+        for header in headers:
+            table.add_column(header, justify="left" if header in ("size", "method") else "right")
     for _, row in frame.iterrows():
-        table.add_row(
-            row["size"],
-            row["method"],
-            _cell(row, "train_batch_s", f"{row['train_batch_s']:.4f}"),
-            _cell(row, "seconds_per_epoch", f"{row['seconds_per_epoch']:.1f}"),
-            _cell(row, "inference_batch_s", f"{row['inference_batch_s']:.4f}"),
-            f"{row['uncached_inference_batch_s']:.4f}",
-            f"{row['cache_speedup']:.2f}x",
-            _cell(row, "caching_s", f"{row['caching_s']:.4f}"),
-            _cell(row, "train_throughput", f"{row['train_throughput']:.0f}"),
-            _cell(row, "inference_throughput", f"{row['inference_throughput']:.0f}"),
-            _cell(row, "train_peak_bytes", _bytes(row["train_peak_bytes"])),
-            _cell(row, "inference_peak_bytes", _bytes(row["inference_peak_bytes"])),
-        )
-    return table
+        train.add_row(
+            row["size"], row["method"], f"{row['train_batch_s']:.4f}", _ratio(row, "train_batch_s"),
+            f"{row['seconds_per_epoch']:.1f}", _bytes(row["train_peak_bytes"]),
+            _ratio(row, "train_peak_bytes"),
+        )  # fmt: skip
+        infer.add_row(
+            row["size"], row["method"], f"{row['inference_batch_s']:.4f}",
+            _ratio(row, "inference_batch_s"), f"{row['uncached_inference_batch_s']:.4f}",
+            f"{row['cache_speedup']:.2f}x", f"{row['caching_s']:.4f}",
+            _bytes(row["inference_peak_bytes"]),
+        )  # fmt: skip
+    return [train, infer]
 
 
 def new_run_id() -> str:
@@ -258,6 +262,7 @@ def run_bench(
     batches: int = 5,
     console: Console | None = None,
     warmup: int = 1,
+    output: str = "table",
 ) -> pd.DataFrame:
     """Benchmark every (method, size), the standard conv always included (first, per size),
     print the table, write Parquet and figures; returns the frame with ratio columns."""
@@ -278,7 +283,13 @@ def run_bench(
             row.update(cpu_memory_in_fresh_process(method, size, dataset, batch_size))
     frame = add_ratios(pd.DataFrame(rows))
     frame["measured_at"] = pd.Timestamp.now(tz="UTC").floor("s")
-    console.print(render_table(frame, f"lipsweep bench: {dataset}, {frame['device'].iloc[0]}"))
+    if output == "table":
+        for table in render_tables(frame, f"bench {dataset}, {frame['device'].iloc[0]}"):
+            console.print(table)
+    else:  # data on stdout; the progress lines went to ``console`` (the CLI's stderr)
+        shown = frame.drop(columns=["measured_at"])
+        text = shown.to_csv(index=False) if output == "csv" else shown.to_json(orient="records")
+        sys.stdout.write(text.rstrip() + "\n")
     run_id = new_run_id()
     paths = save_frame(frame, Path(out), run_id)
     console.print(f"wrote {len(paths)} Parquet files under {Path(out) / 'results' / 'bench'}")

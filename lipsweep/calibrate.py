@@ -221,7 +221,30 @@ def plan_cell(
         how = f"measured on {calibration.device}"
     if config.max_epochs is not None:
         epochs = {b: min(e, config.max_epochs) for b, e in epochs.items()}
+    if config.final_epochs is not None:
+        epochs.update(dict.fromkeys(config.budgets, config.final_epochs))
+    if config.search_epochs is not None:
+        epochs[config.search_budget] = config.search_epochs
     return CellPlan(cell.dataset, cell.size, cell.method, spe, epochs, how)
+
+
+def slow_machine_note(config: SweepConfig, plan: CellPlan) -> str | None:
+    """A note when fixed epoch counts take longer than their budgets here (the sweep still
+    trains them; it only takes longer than the budgets say)."""
+    fixed = [(config.search_budget, config.search_epochs)]
+    fixed += [(b, config.final_epochs) for b in config.budgets]
+    over = [
+        (b, e * plan.seconds_per_epoch)
+        for b, e in fixed
+        if e is not None and e * plan.seconds_per_epoch > Budget.parse(b).seconds
+    ]
+    if not over:
+        return None
+    budget, seconds = over[0]
+    return (
+        f"{plan.cell}: this machine needs {seconds:.0f} s for a trial planned for {budget} "
+        f"({plan.seconds_per_epoch:.2f} s/epoch); the sweep trains its fixed epochs, slower"
+    )
 
 
 def _key(cell: Cell) -> tuple[str, str, str]:
@@ -272,5 +295,8 @@ def make_plans(
             notes.append(f"left out: {error}")
             continue
         check_epochs(planned_trials(config, [plan]))
+        note = slow_machine_note(config, plan)
+        if note is not None:
+            notes.append(note)
         plans.append(plan)
     return plans, notes

@@ -52,6 +52,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "trials": 3,
         "search_budget": "15s",
         "batch_size": 128,
+        "search_epochs": 6,
+        "final_epochs": 12,
     },
 }
 
@@ -139,6 +141,8 @@ class SweepConfig:
     data_dir: str | None = None
     max_examples: int | None = None  # smoke runs: first N examples of each split
     max_epochs: int | None = None  # smoke runs: cap the epochs any budget buys
+    search_epochs: int | None = None  # train exactly this many epochs per search trial
+    final_epochs: int | None = None  # train exactly this many epochs per final run
     checkpoint_every_epochs: int = 10  # attempts also checkpoint every 5 minutes
     lr_range: tuple[float, float] = LR_RANGE  # searched log-uniformly
     weight_decay_range: tuple[float, float] = WEIGHT_DECAY_RANGE  # searched log-uniformly
@@ -274,6 +278,8 @@ def check_config(config: SweepConfig) -> None:
         ("eval-every", config.eval_every, 1),
         ("max-examples", config.max_examples, 1),
         ("max-epochs", config.max_epochs, 1),
+        ("search-epochs", config.search_epochs, 1),
+        ("final-epochs", config.final_epochs, 1),
         ("checkpoint-every", config.checkpoint_every_epochs, 1),
         ("max-retries", config.max_retries, 0),
         ("gpus-per-trial", config.gpus_per_trial, 0),
@@ -291,6 +297,12 @@ def check_config(config: SweepConfig) -> None:
     ):
         if value not in known:
             raise InputError(f"unknown --{name} {value!r}: choose one of {', '.join(known)}")
+    fixed = (config.search_epochs, config.final_epochs)
+    if None not in fixed and fixed[0] != fixed[1] and config.search_budget in config.budgets:
+        raise InputError(
+            "--search-epochs and --final-epochs differ but the search budget is also a final "
+            "budget: give them different budgets"
+        )
     if config.backend == "ray" and not config.address:
         raise InputError("--backend ray needs --address HOST:PORT of a running Ray cluster")
 

@@ -63,6 +63,8 @@ class SweepStatus:
     def eta_text(self) -> str:
         """Wall time left if the attempts running now keep running side by side."""
         left = self.hours_left
+        if any(c.hours_left is None for c in self.cells):
+            return "device-hours left unknown until every cell is planned"
         if left <= 0:
             return "nothing left to run"
         if self.running == 0:

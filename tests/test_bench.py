@@ -44,7 +44,7 @@ from lipsweep.scaling import (
 def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Path, str]:
     out = tmp_path_factory.mktemp("bench")
     buffer = io.StringIO()
-    console = Console(file=buffer, width=250)
+    console = Console(file=buffer, width=80)  # a terminal of 80 columns
     torch.manual_seed(0)
     frame = run_bench(["aol", "lot"], ["XS"], "digits", 4, "cpu", out, batches=1, console=console)
     return frame, out, buffer.getvalue()
@@ -87,7 +87,10 @@ def test_table_prints_every_method_with_ratios(bench_run) -> None:
     _, _, printed = bench_run
     for method in (BASELINE, "aol", "lot"):
         assert method in printed
-    assert "(1.00x)" in printed
+    rows = [line.split() for line in printed.splitlines() if line.split()[:2] == ["XS", BASELINE]]
+    assert len(rows) == 2 and rows[0][3] == "1.00" and rows[1][3] == "1.00"  # x std, both tables
+    assert "…" not in printed, "a table was cut at 80 columns"
+    assert max(len(line) for line in printed.splitlines()) <= 80
 
 
 def test_parquet_is_hive_partitioned_and_complete(bench_run) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
+from rich import box
 from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -36,10 +38,12 @@ def plan_table(config: SweepConfig, plans: list[CellPlan], devices: int) -> Tabl
 def status_table(status: SweepStatus, jobs: dict[Cell, str] | None = None) -> Table:
     config = status.config
     unit = "GPU-h" if config.gpus_per_trial > 0 else "dev-h"
-    table = Table(title=f"sweep {config.sweep_id} in {status.folder}")
-    columns = ["cell", "search", "run", "fail", "best val CRA", "finals", unit, f"{unit} left"]
+    table = Table(title=f"sweep {config.sweep_id} in {status.folder}", box=box.SIMPLE_HEAD)
+    # Short headers so that 80 columns hold the longest cell name (tiny-imagenet-XS-cayley).
+    columns = ["cell", "search", "run", "fail", "val CRA", "final", unit, "left"]
     for column in columns + (["SLURM job"] if jobs else []):
-        table.add_column(column, justify="left" if column in ("cell", "SLURM job") else "right")
+        left = column in ("cell", "SLURM job")
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
     for cell in status.cells:
         row = [
             cell.cell.name,
@@ -54,11 +58,34 @@ def status_table(status: SweepStatus, jobs: dict[Cell, str] | None = None) -> Ta
         table.add_row(*row, *([jobs.get(cell.cell, "-")] if jobs else []))
     cap = f" of {config.max_gpu_hours:g}" if config.max_gpu_hours else ""
     table.caption = (
+        f"search: completed/trials; run: attempts running; val CRA: best validation CRA@36; "
+        f"{unit}: {hours_unit(config)} spent, left: still needed. "
         f"{status.finished} attempts finished, {status.running} running, "
         f"{status.interrupted} interrupted; {hours_unit(config)} {status.spent_hours:.3f}{cap}; "
         f"{status.eta_text()}"
     )
     return table
+
+
+def status_frame(status: SweepStatus, jobs: dict[Cell, str] | None = None) -> pd.DataFrame:
+    """One row per cell, for --format csv / json."""
+    rows = [
+        {
+            "cell": c.cell.name,
+            "search_completed": c.search_done,
+            "search_failed": c.search_failed,
+            "search_trials": status.config.trials,
+            "running": c.running,
+            "best_val_cra_36": c.best_val_cra,
+            "finals_completed": c.finals_done,
+            "finals": len(status.config.budgets),
+            "device_hours": c.device_hours,
+            "device_hours_left": c.hours_left,
+            "slurm_job": (jobs or {}).get(c.cell),
+        }
+        for c in status.cells
+    ]
+    return pd.DataFrame(rows)
 
 
 def live_status(folder: Path) -> RenderableType:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.live import Live
 
@@ -17,17 +19,19 @@ from lipsweep.calibrate import make_plans
 from lipsweep.cli.common import (
     DataOpt,
     budgets,
+    check_choice,
     console,
     log_line,
     log_range,
     split_list,
     sweep_folder,
 )
-from lipsweep.cli.render import live_status, plan_table, status_table
+from lipsweep.cli.render import live_status, plan_table, status_frame, status_table
 from lipsweep.config import SlurmOptions, SweepConfig, preset_config
 from lipsweep.errors import InputError
 from lipsweep.names import Cell
-from lipsweep.status import sweep_status
+from lipsweep.results.store import read_attempts
+from lipsweep.status import sweep_status, unfinished_attempts
 
 DatasetsOpt = Annotated[str | None, typer.Option(help="Comma-separated datasets.")]
 SizesOpt = Annotated[str | None, typer.Option(help="Comma-separated sizes (XS,S,M,L).")]
@@ -66,22 +70,67 @@ def calibration_progress(done: int, total: int, cell: Cell) -> None:
 def run_backend(config: SweepConfig, out: Path) -> None:
     """Run the sweep on its backend: a live table in a terminal, plain lines otherwise."""
     monitor: Monitor = console.print if console.is_terminal else log_line
-    live = (
-        Live(
+    if config.backend == "slurm":
+        watch = nullcontext()
+    elif console.is_terminal:
+        watch = Live(
             get_renderable=lambda: live_status(out),
             console=console,
             refresh_per_second=0.2,
             transient=True,
         )
-        if console.is_terminal and config.backend != "slurm"
-        else nullcontext()
-    )
+    else:
+        watch = PlainProgress(out)
     started = time.monotonic()
-    with live:
+    with watch:
         backend_for(config).launch(config, out, monitor, calibration_progress)
     if config.backend != "slurm":
         monitor(f"sweep done in {time.monotonic() - started:.0f} s")
         print_ranking(out)
+
+
+class PlainProgress:
+    """For output that is not a terminal (nohup, a SLURM log): every ``every_s`` seconds, one
+    timestamped line per attempt that started or ended since, and the sweep's ETA."""
+
+    def __init__(self, out: Path, every_s: float = 10.0) -> None:
+        self.out, self.every_s = out, every_s
+        self.stop = threading.Event()
+        self.seen: set[str] = set()
+        self.running: set[str] = set()
+
+    def __enter__(self) -> PlainProgress:
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.report()
+
+    def loop(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self.report()
+
+    def report(self) -> None:
+        if not (self.out / "sweep.json").exists():
+            return
+        ended = 0
+        for row in read_attempts(self.out).itertuples():
+            if row.attempt_id not in self.seen:
+                self.seen.add(row.attempt_id)
+                ended += 1
+                metric = (
+                    "" if pd.isna(row.cra_36) else f", {row.eval_split} CRA@36 {row.cra_36:.3f}"
+                )
+                log_line(f"ended {row.attempt_id}: {row.status}{metric}")
+        running = {p.attempt_id for p in unfinished_attempts(self.out, self.seen) if p.alive}
+        for attempt_id in sorted(running - self.running):
+            log_line(f"started {attempt_id}")
+        if ended or running != self.running:
+            log_line(sweep_status(self.out).eta_text())
+        self.running = running
 
 
 def print_ranking(out: Path) -> None:
@@ -131,6 +180,14 @@ def launch(
     ] = None,
     max_epochs: Annotated[
         int | None, typer.Option(help="Smoke runs: cap the epochs any budget buys.")
+    ] = None,
+    search_epochs: Annotated[
+        int | None,
+        typer.Option(help="Train exactly N epochs per search trial, whatever the budget buys."),
+    ] = None,
+    final_epochs: Annotated[
+        int | None,
+        typer.Option(help="Train exactly N epochs per final run, whatever the budget buys."),
     ] = None,
     checkpoint_every: Annotated[
         int, typer.Option(help="Checkpoint attempts every N epochs (and every 5 minutes).")
@@ -195,6 +252,8 @@ def launch(
         memory_per_trial_gib=memory_per_trial,
         max_examples=max_examples,
         max_epochs=max_epochs,
+        search_epochs=search_epochs,
+        final_epochs=final_epochs,
         checkpoint_every_epochs=checkpoint_every,
         backend=backend,
         address=address,
@@ -253,13 +312,27 @@ def status(
     watch: Annotated[
         float, typer.Option(help="Refresh every N seconds until Ctrl-C (0: once).")
     ] = 0.0,
+    output: Annotated[
+        str, typer.Option("--format", help="table (default), csv or json: one row per cell.")
+    ] = "table",
 ) -> None:
     """Show each cell's search trials, best validation CRA, final runs and GPU-hours."""
     sweep_folder(out)
+    check_choice(output, ("table", "csv", "json"), "--format")
     backend = backend_for(SweepConfig.load(out))
 
     def table():
         return status_table(sweep_status(out), backend.job_states(out))
+
+    if output != "table":
+        frame = status_frame(sweep_status(out), backend.job_states(out))
+        text = (
+            frame.to_csv(index=False)
+            if output == "csv"
+            else frame.to_json(orient="records", indent=1)
+        )
+        typer.echo(text.rstrip())
+        return
 
     if watch <= 0:
         console.print(table())

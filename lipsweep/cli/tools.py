@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from lipsweep.backends.base import check_writable
 from lipsweep.budget import Budget
 from lipsweep.cli.common import (
     DeviceOpt,
@@ -83,6 +84,9 @@ def bench(
     channels: Annotated[
         str, typer.Option(help="--scaling: channel counts c (at s = the median input size).")
     ] = "16,32,64,128",
+    output: Annotated[
+        str, typer.Option("--format", help="table (default), csv or json of the timed models.")
+    ] = "table",
     input_sizes: Annotated[
         str, typer.Option(help="--scaling: input sizes s (at c = the median channel count).")
     ] = "8,16,32",
@@ -93,6 +97,8 @@ def bench(
     import torch
 
     method_list = checked(methods, list(SPECS), "method")
+    check_choice(output, ("table", "csv", "json"), "--format")
+    check_writable(out)
     if threads is not None:
         torch.set_num_threads(threads)
     if scaling:
