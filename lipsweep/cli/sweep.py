@@ -138,7 +138,7 @@ def print_ranking(out: Path) -> None:
     from analysis.rank_command import run_rank
 
     run_rank([out], [1, 3, 10], 36, None, False, None, console)
-    console.print(f"results in {out / 'results'}; figures in {out / 'analysis'}")
+    console.print(f"results in {out / 'results'}; figures in {out / 'analysis'}", soft_wrap=True)
 
 
 def launch(
