@@ -115,6 +115,13 @@ def test_doctor_survives_missing_data_and_slurm(tmp_path: Path) -> None:
         (["train", "--method", "aol", "--checkpoint-every", "0"], "--checkpoint-every must be"),
         (["train", "--method", "aol", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["rank", "--paper", "--top", "a,b"], "--top must be comma-separated integers"),
+        (["plan", "--gpus", "0"], "--gpus must be at least 1, got 0"),
+        (["calibrate", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["bench", "--batches", "0"], "--batches must be at least 1"),
+        (["bench", "--format", "xml"], "unknown --format 'xml'"),
+        (["train", "--method", "aol", "--device", "tpu"], "unknown --device 'tpu'"),
+        (["launch", "--preset", "quickstart", "--cpus-per-trial", "64"], "--cpus-per-trial 64 but"),
+        (["launch", "--trials", "0"], "--trials must be at least 1"),
     ],
 )
 def test_bad_input_is_a_one_line_error_with_exit_code_2(
@@ -254,3 +261,23 @@ def test_an_internal_bug_shows_its_traceback_not_a_bad_input_line(
     monkeypatch.setattr(lipsweep.cli.sweep, "sweep_status", refused)
     result = CliRunner().invoke(app, ["status", str(tmp_path)])
     assert result.exit_code == 2 and "error: the folder is damaged: fix it" in result.output
+
+
+def test_slurm_backend_without_slurm_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    env = {"PATH": str(Path(sys.executable).parent), "LIPSWEEP_CACHE": str(tmp_path / "cache")}
+    result = run(
+        "launch", "--preset", "quickstart", "--backend", "slurm", "--out", str(out), env=env
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "needs SLURM's sbatch" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_outputs_that_are_files_are_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for args in (["rank", "--paper", "--out", str(blocker)], ["bench", "--out", str(blocker)]):
+        result = run(*args)
+        assert result.returncode == 2 and "cannot write to" in result.stderr, result.stderr
+    assert blocker.read_text() == ""

@@ -18,6 +18,7 @@ from lipsweep.backends.base import Monitor
 from lipsweep.calibrate import make_plans
 from lipsweep.cli.common import (
     DataOpt,
+    at_least,
     budgets,
     check_choice,
     console,
@@ -279,13 +280,14 @@ def plan(
             help="paper-a100 (default: the paper's table, no hardware needed) or measure (this hardware, as launch does)."
         ),
     ] = "paper-a100",
-    gpus: Annotated[int, typer.Option(min=1, help="Devices to compute the makespan for.")] = 8,
+    gpus: Annotated[int, typer.Option(help="Devices to compute the makespan for.")] = 8,
     data_dir: DataOpt = None,
 ) -> None:
     """Print, before anything runs, the attempts, GPU-hours and makespan of a launch.
 
     Unlike launch it defaults to the paper's A100 epochs, so the paper's protocol can be
     planned on any machine; the table's title says where the epochs came from."""
+    at_least("--gpus", gpus, 1)
     config = preset_config(
         preset,
         out,

@@ -12,6 +12,7 @@ from lipsweep.budget import Budget
 from lipsweep.cli.common import (
     DeviceOpt,
     InputErrorsAsOneLine,
+    at_least,
     check_choice,
     console,
     pick_device,
@@ -62,14 +63,14 @@ def bench(
     dataset: Annotated[str, typer.Option(help="Input shape of this dataset.")] = "cifar10",
     batch_size: Annotated[
         int | None,
-        typer.Option(min=1, help="Batch size (default 64; 8 with --scaling; paper: 256)."),
+        typer.Option(help="Batch size (default 64; 8 with --scaling; paper: 256)."),
     ] = None,
     batches: Annotated[
-        int, typer.Option(min=1, help="Timed batches per measurement (repeats with --scaling).")
+        int, typer.Option(help="Timed batches per measurement (repeats with --scaling).")
     ] = 5,
     device: DeviceOpt = "auto",
     threads: Annotated[
-        int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's own).")
+        int | None, typer.Option(help="CPU threads for torch (default: torch's own).")
     ] = None,
     out: Annotated[Path, typer.Option(help="Where the Parquet results and figures go.")] = Path(
         "runs/bench"
@@ -98,6 +99,12 @@ def bench(
 
     method_list = checked(methods, list(SPECS), "method")
     check_choice(output, ("table", "csv", "json"), "--format")
+    for option, value in (
+        ("--batch-size", batch_size),
+        ("--batches", batches),
+        ("--threads", threads),
+    ):
+        at_least(option, value, 1)
     check_writable(out)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -155,6 +162,10 @@ def rank(
     for folder in folders:
         if not folder.is_dir():
             raise InputError(f"{folder} is not a folder: give the --out of a sweep")
+    if out is not None:
+        check_writable(out)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} is a file: give a folder for the figures")
     label = Budget.parse(budget).label if budget is not None else None
     raise typer.Exit(run_rank(folders, ks, radius, label, paper, out, console))
 

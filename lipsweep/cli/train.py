@@ -180,10 +180,8 @@ def calibrate(
     budget: Annotated[
         str, typer.Option(help="Comma-separated budgets, e.g. 2h,10h,24h.")
     ] = "2h,10h,24h",
-    batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 256,
-    threads: Annotated[
-        int, typer.Option(min=1, help="torch threads, as a trial's --cpus-per-trial.")
-    ] = 1,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 256,
+    threads: Annotated[int, typer.Option(help="torch threads, as a trial's --cpus-per-trial.")] = 1,
     device: DeviceOpt = "auto",
     data_dir: DataOpt = None,
 ) -> None:
@@ -204,6 +202,8 @@ def calibrate(
     )
     from lipsweep.data import load_split
 
+    at_least("--batch-size", batch_size, 1)
+    at_least("--threads", threads, 1)
     chosen = [split_list(text) or () for text in (datasets, sizes, methods)]
     for values, known, what in zip(
         chosen, (DATASETS, SIZES, list(SPECS)), ("dataset", "size", "method"), strict=True
