@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import torch
 
-from lipsweep.measure import PeakMemory, measure_model, time_training
+from lipsweep.measure import measure_model, time_training
 
 
 def test_training_timing_is_positive_and_memory_seen() -> None:
@@ -14,12 +17,24 @@ def test_training_timing_is_positive_and_memory_seen() -> None:
     assert isinstance(peak, int)
 
 
+PEAK_PROBE = """
+import torch
+from lipsweep.measure import PeakMemory
+with PeakMemory(torch.device("cpu")) as memory:
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    block += 1
+    del block
+print(memory.peak_bytes)
+"""
+
+
 def test_cpu_peak_memory_sees_a_large_allocation() -> None:
-    with PeakMemory(torch.device("cpu")) as memory:
-        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-        block += 1
-        del block
-    assert memory.peak_bytes >= 48 * 2**20
+    """In a fresh process: one that already trained serves allocations from the heap glibc
+    kept, and the resident set does not grow (the reason bench measures memory this way)."""
+    answer = subprocess.run(
+        [sys.executable, "-c", PEAK_PROBE], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert int(answer.stdout.strip()) >= 48 * 2**20
 
 
 def test_measure_model_reports_inference_and_caching() -> None:
