@@ -59,8 +59,9 @@ def hermitian_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def newton_schulz_hermitian(matrices: torch.Tensor, iterations: int) -> torch.Tensor:
-    """S^{-1/2} by the coupled Newton-Schulz iteration of LOT (as ``numerics.
-    newton_schulz_inverse_sqrt``): Y_0 = S, Z_0 = I; T = (3I - Z Y) / 2, Y <- Y T, Z <- T Z.
+    """S^{-1/2} by the coupled Newton-Schulz iteration of LOT (Xu et al., NeurIPS 2022):
+    Y_0 = S, Z_0 = I; T = (3I - Z Y) / 2, Y <- Y T, Z <- T Z. It converges for spectra in
+    (0, 1]; a truncated Z under-estimates S^{-1/2}, so Z S Z <= I.
 
     The first step (Z = I) is done without products, the last Y (unused) is not formed; all
     factors are Hermitian polynomials in S, hence ``hermitian_matmul``. T is one fused

@@ -228,20 +228,6 @@ def cayley_transform(matrices: torch.Tensor) -> torch.Tensor:
     return 2 * torch.linalg.inv(eye + skew) - eye
 
 
-def newton_schulz_inverse_sqrt(matrices: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Coupled Newton-Schulz iteration for S^{-1/2} of Hermitian PSD matrices (..., n, n).
-
-    Y_0 = S, Z_0 = I; T = (3I - Z Y) / 2, Y <- Y T, Z <- T Z (LOT, Xu et al., NeurIPS 2022).
-    Converges for spectra in (0, 1]; a truncated Z under-estimates S^{-1/2}, so Z S Z <= I.
-    """
-    eye = torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device)
-    y, z = matrices, eye.expand_as(matrices)
-    for _ in range(iterations):
-        t = 0.5 * (3 * eye - z @ y)
-        y, z = y @ t, t @ z
-    return z
-
-
 def fantastic_four_matrices(kernel: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The four reshapes R_1..R_4 of a conv kernel (out, in, h, w) of the Fantastic Four bound.
 
