@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -91,7 +92,14 @@ class Calibration:
     method: str
     batch_size: int
     train_examples: int
-    train_batch_s: float
+    train_batch_s: float  # median of the timed batches
+    spread: float = 0.0  # (slowest - fastest) / median of the timed batches
+    load: float = 0.0  # the machine's 1-minute load average when measured
+    timed_batches: int = 0
+
+    @property
+    def stable(self) -> bool:
+        return self.spread <= MAX_SPREAD
 
     @property
     def batches_per_epoch(self) -> int:
@@ -103,6 +111,10 @@ class Calibration:
 
     def epochs(self, budget_s: float) -> int:
         return epochs_for_budget(self.seconds_per_epoch, budget_s)
+
+
+MAX_SPREAD = 0.5  # batches this far apart: the machine was busy, measure again
+ATTEMPTS = 3  # measurements of an unstable cell before its steadiest is kept
 
 
 class CalibrationCache:
@@ -118,7 +130,16 @@ class CalibrationCache:
     def load(self) -> dict[str, dict]:
         if not self.path.exists():
             return {}
-        return json.loads(self.path.read_text())
+        try:
+            return json.loads(self.path.read_text())
+        except json.JSONDecodeError:  # a damaged cache costs only a re-measurement
+            return {}
+
+    def forget(self, dataset: str, size: str, method: str, batch_size: int) -> None:
+        """Drop a cell's entries on every device (``--recalibrate``)."""
+        suffix = "|" + "|".join((dataset, size, method, str(batch_size)))
+        entries = {k: v for k, v in self.load().items() if not k.endswith(suffix)}
+        self._write(entries)
 
     def get(
         self, device: str, dataset: str, size: str, method: str, batch_size: int
@@ -130,6 +151,9 @@ class CalibrationCache:
         entries = self.load()
         c = calibration
         entries[self.key(c.device, c.dataset, c.size, c.method, c.batch_size)] = asdict(c)
+        self._write(entries)
+
+    def _write(self, entries: dict[str, dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(self.path.name + ".tmp")
         temporary.write_text(json.dumps(entries, indent=1, sort_keys=True))
@@ -152,6 +176,16 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def measure_batches(model: torch.nn.Module, inputs: torch.Tensor, batches: int) -> list[float]:
+    """Seconds of each of ``batches`` training batches, after one warm-up batch."""
+    time_training(model, inputs, batches=1, warmup=1)
+    return [time_training(model, inputs, batches=1, warmup=0)[0] for _ in range(batches)]
+
+
+def relative_spread(times: list[float]) -> float:
+    return (max(times) - min(times)) / statistics.median(times)
+
+
 def calibrate_cell(
     dataset: str,
     size: str,
@@ -165,8 +199,10 @@ def calibrate_cell(
 ) -> Calibration:
     """Seconds per epoch of a cell on this device: timed training batches (after a warm-up)
     times batches per epoch, with ``threads`` torch threads (a trial's ``--cpus-per-trial``).
-    An epoch shorter than ``batches`` batches is timed over its own batches only. Cached per
-    (device and threads, dataset, size, method, batch size)."""
+    An epoch shorter than ``batches`` batches is timed over its own batches only. The median
+    batch counts; a measurement whose batches spread more than MAX_SPREAD (a busy machine) is
+    taken again, up to ATTEMPTS times, and only a stable one is cached, per (device and
+    threads, dataset, size, method, batch size), with its spread and the machine's load."""
     from lipsweep.data import DATASETS
     from lipsweep.model import build_model
 
@@ -181,10 +217,16 @@ def calibrate_cell(
         shape = (batch, info.channels, info.image_size, info.image_size)
         inputs = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)
         model = build_model(method, size, dataset).to(device)
-        timed = max(1, min(batches, math.ceil(train_examples / batch_size)))
-        batch_s, _ = time_training(model, inputs, batches=timed, warmup=1)
-    calibration = Calibration(name, dataset, size, method, batch_size, train_examples, batch_s)
-    if cache is not None:
+        timed = max(2, min(batches, math.ceil(train_examples / batch_size)))
+        tries: list[list[float]] = []
+        while len(tries) < ATTEMPTS and not any(relative_spread(t) <= MAX_SPREAD for t in tries):
+            tries.append(measure_batches(model, inputs, timed))
+        times = min(tries, key=relative_spread)  # stable, or the steadiest of ATTEMPTS
+    calibration = Calibration(
+        name, dataset, size, method, batch_size, train_examples, statistics.median(times),
+        relative_spread(times), os.getloadavg()[0], len(times),
+    )  # fmt: skip
+    if cache is not None and calibration.stable:
         cache.put(calibration)
     return calibration
 
@@ -219,6 +261,8 @@ def plan_cell(
         epochs = {b: calibration.epochs(Budget.parse(b).seconds) for b in labels}
         spe = calibration.seconds_per_epoch
         how = f"measured on {calibration.device}"
+        if not calibration.stable:
+            how += f" (unstable: batches {calibration.spread:.0%} apart at load {calibration.load:.1f})"
     if config.max_epochs is not None:
         epochs = {b: min(e, config.max_epochs) for b, e in epochs.items()}
     if config.final_epochs is not None:

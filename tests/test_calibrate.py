@@ -100,3 +100,22 @@ def test_a_budget_that_buys_no_epoch_stops_planning_at_the_first_cell(
     with pytest.raises(InputError, match="buys 0 epochs of aol-L"):
         make_plans(config, progress=lambda done, total, cell: seen.append(cell.name))
     assert seen == ["digits-L-aol"]  # sll was never calibrated
+
+
+def test_a_measurement_records_its_spread_and_load_and_recalibrate_forgets_it(
+    tmp_path: Path,
+) -> None:
+    from lipsweep.calibrate import MAX_SPREAD, relative_spread
+
+    cache = CalibrationCache(tmp_path / "c.json")
+    device = torch.device("cpu")
+    first = calibrate_cell("digits", "XS", "sll", 64, 256, device, cache, batches=3, threads=1)
+    assert first.timed_batches == 3 and first.load >= 0
+    assert first.stable == (first.spread <= MAX_SPREAD)
+    if first.stable:  # only a stable measurement is kept
+        assert cache.get(first.device, "digits", "XS", "sll", 64) == first
+    cache.forget("digits", "XS", "sll", 64)
+    assert cache.get(first.device, "digits", "XS", "sll", 64) is None
+    assert relative_spread([1.0, 1.0, 3.0]) == pytest.approx(2.0)
+    (tmp_path / "c.json").write_text("{ damaged")
+    assert cache.load() == {}  # a damaged cache costs a re-measurement, not the launch

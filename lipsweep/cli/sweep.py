@@ -193,6 +193,12 @@ def launch(
     checkpoint_every: Annotated[
         int, typer.Option(help="Checkpoint attempts every N epochs (and every 5 minutes).")
     ] = 10,
+    recalibrate: Annotated[
+        bool,
+        typer.Option(
+            "--recalibrate", help="Measure every cell again instead of using the calibration cache."
+        ),
+    ] = False,
     backend: Annotated[
         str,
         typer.Option(
@@ -260,7 +266,17 @@ def launch(
         address=address,
         slurm=slurm,
     )
+    if recalibrate:
+        forget_calibrations(config)
     run_backend(config, out)
+
+
+def forget_calibrations(config: SweepConfig) -> None:
+    from lipsweep.calibrate import CalibrationCache, default_cache_dir
+
+    cache = CalibrationCache(default_cache_dir() / "calibrations.json")
+    for cell in config.cells():
+        cache.forget(cell.dataset, cell.size, cell.method, config.batch_size)
 
 
 def plan(

@@ -184,13 +184,18 @@ def calibrate(
     threads: Annotated[int, typer.Option(help="torch threads, as a trial's --cpus-per-trial.")] = 1,
     device: DeviceOpt = "auto",
     data_dir: DataOpt = None,
+    recalibrate: Annotated[
+        bool, typer.Option("--recalibrate", help="Measure again instead of using the cache.")
+    ] = False,
 ) -> None:
     """Measure seconds per epoch of each cell on this hardware (with the threads a trial uses)
     and print the epochs each budget buys, beside the paper's A100 figures.
 
     Measurements are cached in $LIPSWEEP_CACHE/calibrations.json (default
     ~/.cache/lipsweep/calibrations.json), keyed by device and thread count, dataset, size,
-    method and batch size; delete an entry (or the file) to measure again."""
+    method and batch size, with the spread of the timed batches and the machine's load; a
+    measurement whose batches spread more than 50% is taken again (up to 3 times) and only a
+    stable one is cached. --recalibrate measures again."""
     import torch
 
     from lipsweep.calibrate import (
@@ -218,8 +223,10 @@ def calibrate(
     target = pick_device(device)
     cache = CalibrationCache(default_cache_dir() / "calibrations.json")
     table = Table(title=f"calibration on {target}, batch {batch_size}, {threads} threads")
-    for column in ("dataset", "size", "method", "s/epoch"):
-        table.add_column(column, justify="right" if column == "s/epoch" else "left")
+    for column in ("dataset", "size", "method", "s/epoch", "spread", "load"):
+        table.add_column(
+            column, justify="left" if column in ("dataset", "size", "method") else "right"
+        )
     for budget_s in seconds:
         table.add_column(f"epochs {format_budget(budget_s)}", justify="right")
         table.add_column(f"A100 {format_budget(budget_s)}", justify="right")
@@ -230,6 +237,8 @@ def calibrate(
         raise InputError(str(error)) from None
     with console.status("timing training batches...") as status:
         for dataset, size, method in itertools.product(*chosen):
+            if recalibrate:
+                cache.forget(dataset, size, method, batch_size)
             status.update(f"timing {method}-{size} on {dataset}")
             measured = calibrate_cell(
                 dataset,
@@ -242,6 +251,7 @@ def calibrate(
                 threads=threads,
             )
             row = [dataset, size, method, f"{measured.seconds_per_epoch:.2f}"]
+            row += [f"{measured.spread:.0%}", f"{measured.load:.1f}"]
             for budget_s in seconds:
                 try:
                     paper = str(paper_epochs(dataset, size, method, budget_s))
