@@ -23,6 +23,7 @@ from typing import Literal
 
 import torch
 
+from lipsweep.atomic import write_atomic, write_text_atomic
 from lipsweep.certify import evaluate, lipschitz_upper_bound
 from lipsweep.data import DATASETS, Batches, ImageSet, load_split, train_val_split
 from lipsweep.layers.registry import spec as method_spec
@@ -176,9 +177,7 @@ class Attempt:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
-        temporary = self.workdir / (CHECKPOINT + ".tmp")
-        torch.save(state, temporary)
-        os.replace(temporary, self.workdir / CHECKPOINT)
+        write_atomic(self.workdir / CHECKPOINT, lambda temporary: torch.save(state, temporary))
 
     def restore(self) -> bool:
         """Load the last checkpoint if there is one (weights only: no arbitrary unpickling)."""
@@ -215,15 +214,13 @@ class Attempt:
     def record_progress(self) -> None:
         """A small file rewritten when a run starts and after every epoch: `status` sees live
         usage and which process trains the attempt; a resume sees the time a kill lost."""
-        temporary = self.workdir / (PROGRESS + ".tmp")
         progress = {
             "epoch": self.epoch,
             "device_seconds": self.device_seconds(),
             "pid": os.getpid(),
             "host": socket.gethostname(),
         }
-        temporary.write_text(json.dumps(progress))
-        os.replace(temporary, self.workdir / PROGRESS)
+        write_text_atomic(self.workdir / PROGRESS, json.dumps(progress))
 
     # -- training ----------------------------------------------------------------------------
     def train_epoch(self, batches: Batches) -> dict[str, float]:

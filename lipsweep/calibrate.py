@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from lipsweep.atomic import write_text_atomic
 from lipsweep.budget import Budget
 from lipsweep.config import SweepConfig
 from lipsweep.errors import InputError
@@ -154,10 +155,7 @@ class CalibrationCache:
         self._write(entries)
 
     def _write(self, entries: dict[str, dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(entries, indent=1, sort_keys=True))
-        os.replace(temporary, self.path)
+        write_text_atomic(self.path, json.dumps(entries, indent=1, sort_keys=True))
 
 
 def default_cache_dir() -> Path:

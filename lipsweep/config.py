@@ -10,13 +10,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from lipsweep.atomic import write_text_atomic
 from lipsweep.budget import Budget, BudgetError
 from lipsweep.errors import InputError
 from lipsweep.layers.registry import SPECS
@@ -168,11 +168,8 @@ class SweepConfig:
         return "cuda" if self.gpus_per_trial > 0 else "cpu"
 
     def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, **asdict(self)}
-        temporary = folder / f".{CONFIG_FILE}.{os.getpid()}.tmp"
-        temporary.write_text(json.dumps(data, indent=1))
-        os.replace(temporary, folder / CONFIG_FILE)
+        write_text_atomic(folder / CONFIG_FILE, json.dumps(data, indent=1))
 
     @staticmethod
     def load(folder: Path) -> SweepConfig:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lipsweep.atomic import write_text_atomic
 from lipsweep.names import Cell, parse_attempt_id
 from lipsweep.results.store import read_attempts
 
@@ -53,9 +53,7 @@ class Ledger:
             )
             if allowed:
                 # Atomic: a crash mid-write must not leave a file that breaks every reserve.
-                temporary = self.folder / f".{key}.{os.getpid()}.tmp"
-                temporary.write_text(json.dumps({"hours": hours}))
-                os.replace(temporary, self.folder / f"{key}.json")
+                write_text_atomic(self.folder / f"{key}.json", json.dumps({"hours": hours}))
         try:
             yield allowed
         finally:

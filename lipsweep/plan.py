@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lipsweep.atomic import write_text_atomic
 from lipsweep.config import SweepConfig
 from lipsweep.errors import InputError
 from lipsweep.names import Cell, Stage, TrialId, device_hours
@@ -61,11 +61,7 @@ def plan_path(folder: Path, cell: Cell) -> Path:
 
 
 def save_plan(folder: Path, plan: CellPlan) -> None:
-    path = plan_path(folder, plan.cell)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(asdict(plan)))
-    os.replace(temporary, path)
+    write_text_atomic(plan_path(folder, plan.cell), json.dumps(asdict(plan)))
 
 
 def load_plan(folder: Path, cell: Cell) -> CellPlan | None:

@@ -20,7 +20,7 @@ from lipsweep.config import SweepConfig
 from lipsweep.names import PROGRESS, AttemptStatus, Cell, device_hours, parse_attempt_id
 from lipsweep.plan import load_plan, planned_trials
 from lipsweep.process import process_alive
-from lipsweep.results.store import cell_attempts, ended_for_good, read_attempts
+from lipsweep.results.store import cell_attempts, damaged_files, ended_for_good, read_attempts
 
 RECENT_S = 900.0  # on another host, progress this recent counts as a running attempt
 
@@ -55,10 +55,18 @@ class SweepStatus:
     running: int
     interrupted: int
     spent_hours: float
+    damaged: list[Path]  # unreadable files under results/, skipped by every reader
 
     @property
     def hours_left(self) -> float:
         return sum(c.hours_left or 0.0 for c in self.cells)
+
+    def warnings(self) -> list[str]:
+        return [
+            f"{path} is not a readable Parquet file: move it away, or run `lipsweep resume "
+            f"{self.folder}` to redo that attempt"
+            for path in self.damaged
+        ]
 
     def eta_text(self) -> str:
         """Wall time left if the attempts running now keep running side by side."""
@@ -171,4 +179,5 @@ def sweep_status(folder: Path) -> SweepStatus:
         running=sum(p.alive for p in running),
         interrupted=sum(not p.alive for p in running),
         spent_hours=float(attempts["gpu_hours"].sum()) if not attempts.empty else 0.0,
+        damaged=damaged_files(folder / "results"),
     )

@@ -90,3 +90,46 @@ def test_unknown_column_is_refused_before_anything_is_written(tmp_path: Path) ->
 
 def test_reading_an_empty_folder_gives_an_empty_frame(tmp_path: Path) -> None:
     assert read_attempts(tmp_path).empty and read_history(tmp_path).empty
+
+
+def test_damaged_and_stray_files_are_skipped_and_named(tmp_path: Path) -> None:
+    """A truncated Parquet file or a stray file under results/ costs only itself: readers skip
+    it, `lipsweep status` and `lipsweep rank` run and name it."""
+    import subprocess
+    import sys
+
+    from lipsweep.config import SweepConfig
+    from lipsweep.results.store import damaged_files
+
+    SweepConfig("s1", ("cifar10",), ("XS",), ("aol",), ("2h",), trials=2).save(tmp_path)
+    good = write_attempt(tmp_path, attempt_row("search-cifar10-XS-aol-2h-t0-a0"), [])
+    broken = write_attempt(tmp_path, attempt_row("search-cifar10-XS-aol-2h-t1-a0"), [])
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated
+    stray = good.parent / "notes.txt"
+    stray.write_text("not a result")
+    assert list(read_attempts(tmp_path)["attempt_id"]) == ["search-cifar10-XS-aol-2h-t0-a0"]
+    assert damaged_files(tmp_path / "results") == sorted([broken, stray])
+    status = subprocess.run(
+        [sys.executable, "-m", "lipsweep", "status", str(tmp_path)], capture_output=True, text=True
+    )
+    assert status.returncode == 0, status.stderr
+    warnings = " ".join(status.stderr.split())
+    assert f"{broken} is not a readable Parquet file" in warnings and str(stray) in warnings
+    assert "lipsweep resume" in warnings
+    rank = subprocess.run(
+        [sys.executable, "-m", "lipsweep", "rank", str(tmp_path)], capture_output=True, text=True
+    )
+    assert "Traceback" not in rank.stderr and rank.returncode == 1  # no final run yet
+    assert "error: no completed final-stage results" in " ".join(rank.stdout.split())
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    from lipsweep.atomic import write_atomic
+
+    def full_disk(temporary: Path) -> None:
+        temporary.write_text("half")
+        raise OSError(28, "No space left on device", str(temporary))
+
+    with pytest.raises(OSError):
+        write_atomic(tmp_path / "x.json", full_disk)
+    assert list(tmp_path.iterdir()) == []

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.cell import CellJob
+from lipsweep.atomic import write_text_atomic
 from lipsweep.backends.base import Monitor, prepare
 from lipsweep.calibrate import Progress
 from lipsweep.config import SlurmOptions, SweepConfig, time_minutes
@@ -81,11 +82,7 @@ def read_jobs(out: Path) -> dict[str, list[str]]:
 
 
 def write_jobs(out: Path, jobs: dict[str, list[str]]) -> None:
-    path = slurm_folder(out) / JOBS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(jobs, indent=1))
-    temporary.replace(path)
+    write_text_atomic(slurm_folder(out) / JOBS_FILE, json.dumps(jobs, indent=1))
 
 
 def all_job_states() -> dict[str, str]:

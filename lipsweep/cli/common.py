@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from lipsweep.atomic import is_disk_full
 from lipsweep.budget import Budget
 from lipsweep.errors import InputError
 
@@ -28,6 +29,17 @@ class InputErrorsAsOneLine(TyperGroup):
         except InputError as error:
             err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            where = Path(error.filename).parent if error.filename else Path.cwd()
+            err_console.print(
+                f"[bold red]error:[/] no space left on device under {where}: free space and run "
+                "`lipsweep resume` on the sweep (finished results are kept)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
 
 
 def split_list(text: str | None) -> tuple[str, ...] | None:

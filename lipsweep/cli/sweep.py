@@ -22,6 +22,7 @@ from lipsweep.cli.common import (
     budgets,
     check_choice,
     console,
+    err_console,
     log_line,
     log_range,
     split_list,
@@ -354,6 +355,8 @@ def status(
 
     if watch <= 0:
         console.print(table())
+        for warning in sweep_status(out).warnings():
+            err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
         return
     with Live(table(), console=console, refresh_per_second=1) as live:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from lipsweep.atomic import write_text_atomic
 from lipsweep.backends.base import check_writable
 from lipsweep.budget import Budget, format_budget
 from lipsweep.cli.common import (
@@ -88,9 +88,7 @@ def result_table(status: str, metrics: dict[str, float], device_seconds: float) 
 
 
 def write_json(path: Path, data: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(data, indent=1, default=str))
 
 
 def train(

@@ -14,8 +14,6 @@ Rewriting an attempt (a requeued job finishing it) replaces its file: ``attempt_
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from lipsweep import atomic
 from lipsweep.names import AttemptStatus, Cell
 from lipsweep.results.schema import ATTEMPT_SCHEMA, HISTORY_SCHEMA, PARTITIONS
 
@@ -39,13 +38,7 @@ def partition_dir(root: Path, table: str, row: Mapping[str, Any]) -> Path:
 
 def write_atomic(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` through a temporary name in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    atomic.write_atomic(path, lambda temporary: pq.write_table(table, temporary))
 
 
 def to_table(rows: list[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -74,18 +67,45 @@ def write_attempt(root: Path, row: Mapping[str, Any], history: list[Mapping[str,
     return path
 
 
+def damaged_files(folder: Path) -> list[Path]:
+    """Files under a results folder that are not readable Parquet files (a truncated write of
+    another tool, a stray file): readers skip them, ``lipsweep status`` names them."""
+    return split_readable(folder)[1]
+
+
+def split_readable(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(readable Parquet files, everything else) under ``folder``; hidden temporaries of a
+    write in progress are neither."""
+    good, bad = [], []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if path.name.startswith("."):
+            continue
+        try:
+            pq.read_metadata(path)
+        except (pa.ArrowInvalid, OSError):
+            bad.append(path)
+        else:
+            (good if path.suffix == ".parquet" else bad).append(path)
+    return good, bad
+
+
 def read_partitioned(
     folder: Path, schema: pa.Schema, partitions: Sequence[str] = PARTITIONS
 ) -> pd.DataFrame:
-    """Every file of a hive-partitioned dataset under ``folder`` as one frame, the partition
-    columns included (strings); an empty frame of that schema when the folder is absent."""
+    """Every readable file of a hive-partitioned dataset under ``folder`` as one frame, the
+    partition columns included (strings); an empty frame of that schema when there is none.
+    Damaged or foreign files are skipped (``damaged_files`` lists them)."""
     full = pa.schema([*schema, *[(key, pa.string()) for key in partitions]])
-    if not folder.is_dir():
+    good = split_readable(folder)[0] if folder.is_dir() else []
+    if not good:
         return full.empty_table().to_pandas()
     partitioning = ds.partitioning(
         pa.schema([(key, pa.string()) for key in partitions]), flavor="hive"
     )
-    dataset = ds.dataset(folder, format="parquet", partitioning=partitioning, schema=full)
+    dataset = ds.dataset(
+        [str(p) for p in good], format="parquet", partitioning=partitioning,
+        partition_base_dir=str(folder), schema=full,
+    )  # fmt: skip
     return dataset.to_table().to_pandas()
 
 
