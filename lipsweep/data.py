@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lipsweep.errors import InputError
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -139,12 +141,64 @@ def load_split(dataset: str, split: Split, data_dir: Path | None = None) -> Imag
     return _load_tiny_imagenet(folder, split)
 
 
+# What a CIFAR "python version" pickle may ask for: builtin containers and numbers (Python 2
+# pickles name their module __builtin__), and what numpy (1.x: numpy.core, 2.x: numpy._core)
+# pickles an array, a dtype or a scalar with. Anything else (os.system, builtins.eval, ...)
+# could run code while loading.
+_BUILTINS = ("dict", "list", "tuple", "set", "frozenset", "bytes", "bytearray", "str", "int")
+_NUMBERS = ("float", "complex", "bool")
+_ALLOWED_GLOBALS = {
+    *((module, name) for module in ("builtins", "__builtin__") for name in _BUILTINS + _NUMBERS),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    *((f"numpy.{core}.multiarray", "_reconstruct") for core in ("core", "_core")),
+    *((f"numpy.{core}.multiarray", "scalar") for core in ("core", "_core")),
+    *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")),
+}
+
+
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    """`_codecs.encode` as protocol 0-2 pickles use it for bytes, for latin1 only."""
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that admits only `_ALLOWED_GLOBALS` (and latin1 bytes); others: InputError."""
+
+    def __init__(self, file: Any, path: Path) -> None:
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise InputError(
+                f"{self.path} is not a plain CIFAR pickle (it asks for {module}.{name}): "
+                "refusing to load it"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[Any, Any]:
-    """A CIFAR pickle as a dict (latin1 decoding, as the files are Python 2 pickles)."""
+    """A CIFAR pickle as a dict (latin1 decoding, as the files are Python 2 pickles), read with
+    an unpickler that refuses any global but builtin containers, numbers and numpy arrays."""
     if not path.is_file():
         raise FileNotFoundError(f"missing file {path}: the dataset folder is incomplete")
     with path.open("rb") as f:
-        return pickle.load(f, encoding="latin1")
+        try:
+            loaded = _CifarUnpickler(f, path).load()
+        except (pickle.UnpicklingError, EOFError) as error:
+            raise InputError(
+                f"{path} is not a readable CIFAR pickle ({error}): download the dataset again"
+            ) from None
+    if not isinstance(loaded, dict):
+        raise InputError(
+            f"{path} holds a {type(loaded).__name__}, not a CIFAR dict: download the dataset again"
+        )
+    return loaded
 
 
 def _field(d: dict[Any, Any], key: str) -> Any:

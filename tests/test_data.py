@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -15,12 +17,14 @@ from lipsweep.data import (
     DATASETS,
     Batches,
     ImageSet,
+    _unpickle,
     crop_flip,
     default_data_dir,
     find_datasets,
     load_split,
     train_val_split,
 )
+from lipsweep.errors import InputError
 
 CIFAR10_TRAIN_PER_CLASS = [479, 479, 444, 448, 489, 435, 464, 477, 481, 464]
 CIFAR10_TEST_PER_CLASS = [83, 70, 88, 84, 76, 79, 97, 87, 88, 94]
@@ -80,6 +84,66 @@ def test_pickle_with_bytes_keys(tmp_path: Path, shared_data: Path) -> None:
     b = load_split("cifar100", "test", tmp_path)
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
     assert a.classes == b.classes
+
+
+class _Payload:
+    """Unpickling this runs a shell command (here: one that creates a marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("poisoned", ["batches.meta", "data_batch_3"])
+def test_cifar_pickle_with_code_is_refused(tmp_path: Path, shared_data: Path, poisoned) -> None:
+    """A CIFAR file whose pickle asks for os.system is refused, naming the file and the
+    global, before the payload runs; the real files still load (tests above)."""
+    folder = tmp_path / "cifar-10-batches-py"
+    shutil.copytree(shared_data / "cifar-10-batches-py", folder)
+    marker = tmp_path / "payload-ran"
+    with (folder / poisoned).open("rb") as f:
+        d = pickle.load(f, encoding="bytes")
+    d[b"extra"] = _Payload(marker)
+    (folder / poisoned).write_bytes(pickle.dumps(d, protocol=2))
+    with pytest.raises(InputError) as err:
+        load_split("cifar10", "train", tmp_path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert (
+        f"{folder / poisoned} is not a plain CIFAR pickle (it asks for {os.system.__module__}.system)"
+        in message
+    )
+    assert message.endswith("refusing to load it")
+    assert not marker.exists(), "the payload ran"
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar_unpickler_reads_what_numpy_pickles(tmp_path: Path, protocol: int) -> None:
+    """Arrays (C and Fortran order, object dtype), numpy scalars, bytes and builtin containers
+    load at every pickle protocol."""
+    d = {
+        b"data": np.arange(12, dtype=np.uint8).reshape(3, 4),
+        "fortran": np.asfortranarray(np.ones((2, 3), dtype=np.float32)),
+        "names": np.array(["a", b"b"], dtype=object),
+        "labels": [np.int64(3), 2.5, 1 + 2j, True],
+        "misc": ({1, 2}, frozenset({b"x"}), bytearray(b"yz"), (None,)),
+    }
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps(d, protocol=protocol))
+    loaded = _unpickle(path)
+    assert loaded.keys() == d.keys()
+    for key in (b"data", "fortran", "names"):
+        assert loaded[key].dtype == d[key].dtype and np.array_equal(loaded[key], d[key])
+    assert loaded["labels"] == d["labels"] and loaded["misc"] == d["misc"]
+
+
+def test_cifar_file_that_is_no_pickle(tmp_path: Path) -> None:
+    path = tmp_path / "batches.meta"
+    path.write_bytes(b"not a pickle")
+    with pytest.raises(InputError, match=f"{path} is not a readable CIFAR pickle"):
+        _unpickle(path)
 
 
 def test_cifar100_counts(shared_data: Path) -> None:
