@@ -28,6 +28,7 @@ from typing import Any
 
 from lipsweep.calibrate import plan_cell
 from lipsweep.config import SweepConfig
+from lipsweep.lock import cell_lock
 from lipsweep.names import Cell
 from lipsweep.plan import CellPlan, check_epochs, load_plan, planned_trials, save_plan
 from lipsweep.process import process_alive
@@ -120,7 +121,8 @@ class CellJob:
         plan = self.plan or self._calibrate()
         start_ray(temp)
         try:
-            run_sweep(self.config, self.out, [plan], cells=[self.cell], monitor=log_line)
+            with cell_lock(self.out, self.cell.name):  # one task per cell, even by hand
+                run_sweep(self.config, self.out, [plan], cells=[self.cell], monitor=log_line)
         finally:
             ray.shutdown()
             shutil.rmtree(temp, ignore_errors=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from lipsweep.config import SweepConfig
+from lipsweep.lock import driver_alive
 from lipsweep.names import PROGRESS, AttemptStatus, Cell, device_hours, parse_attempt_id
 from lipsweep.plan import load_plan, planned_trials
 from lipsweep.process import process_alive
@@ -56,6 +57,7 @@ class SweepStatus:
     interrupted: int
     spent_hours: float
     damaged: list[Path]  # unreadable files under results/, skipped by every reader
+    driver: dict | None  # the live driver holding the sweep's lock (host, pid, since), if any
 
     @property
     def hours_left(self) -> float:
@@ -75,6 +77,9 @@ class SweepStatus:
             return "device-hours left unknown until every cell is planned"
         if left <= 0:
             return "nothing left to run"
+        if self.running == 0 and self.driver is not None:
+            who = f"pid {self.driver['pid']} on {self.driver['host']}"
+            return f"{left:.3f} device-hours left; the driver ({who}) is between attempts"
         if self.running == 0:
             return (
                 f"{left:.3f} device-hours left; nothing running now (`lipsweep resume` finishes it)"
@@ -180,4 +185,5 @@ def sweep_status(folder: Path) -> SweepStatus:
         interrupted=sum(not p.alive for p in running),
         spent_hours=float(attempts["gpu_hours"].sum()) if not attempts.empty else 0.0,
         damaged=damaged_files(folder / "results"),
+        driver=driver_alive(folder),
     )

@@ -281,3 +281,24 @@ def test_outputs_that_are_files_are_refused(tmp_path: Path) -> None:
         result = run(*args)
         assert result.returncode == 2 and "cannot write to" in result.stderr, result.stderr
     assert blocker.read_text() == ""
+
+
+def test_a_second_driver_on_the_same_folder_is_refused_naming_the_first(tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from lipsweep.lock import driver_lock\n"
+         f"with driver_lock(Path({str(out)!r})):\n    print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        env = {"OMP_NUM_THREADS": "1", "LIPSWEEP_CACHE": str(tmp_path / "cache")}
+        result = run("launch", "--preset", "quickstart", "--out", str(out), env=env)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"is driven by pid {holder.pid}" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not (out / "results").exists()
+    finally:
+        holder.kill()
+        holder.wait()

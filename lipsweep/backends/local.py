@@ -11,6 +11,7 @@ from lipsweep.backends.base import Monitor, check_inputs, existing_config, prepa
 from lipsweep.calibrate import Progress
 from lipsweep.config import SweepConfig
 from lipsweep.errors import InputError
+from lipsweep.lock import driver_lock, refuse_if_driven
 from lipsweep.names import Cell
 from lipsweep.runner import run_sweep
 
@@ -32,6 +33,7 @@ class LocalBackend:
         started_here = False
         try:
             check_inputs(existing_config(config, out), out)  # cheap checks before Ray starts
+            refuse_if_driven(out)
             if self.address is None:
                 check_resources(config, local_resources())
             if not ray.is_initialized():
@@ -41,7 +43,8 @@ class LocalBackend:
             config, plans, notes = prepare(config, out, progress)
             for note in notes:
                 monitor(note)
-            run_sweep(config, out, plans, monitor=monitor)
+            with driver_lock(out):  # one driver per sweep folder: a second one is refused
+                run_sweep(config, out, plans, monitor=monitor)
         finally:
             if started_here:
                 ray.shutdown()

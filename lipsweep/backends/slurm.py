@@ -29,6 +29,7 @@ from lipsweep.backends.base import Monitor, prepare
 from lipsweep.calibrate import Progress
 from lipsweep.config import SlurmOptions, SweepConfig, time_minutes
 from lipsweep.errors import InputError
+from lipsweep.lock import driver_lock
 from lipsweep.names import Cell
 from lipsweep.plan import CellPlan
 from lipsweep.results.store import ended_for_good, read_attempts
@@ -186,7 +187,8 @@ class SlurmBackend:
         plans: dict[Cell, CellPlan | None] = (
             {p.cell: p for p in calibrated} if here else dict.fromkeys(config.cells())
         )
-        submitted = submit_cells(config, out, plans, self.options)
+        with driver_lock(out):  # two submissions at once would submit every cell twice
+            submitted = submit_cells(config, out, plans, self.options)
         for cell, job_id in submitted.items():
             monitor(f"{cell}: SLURM job {job_id}")
         if not submitted:
