@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Ray over a SLURM allocation: the head on its first node, a worker on every other node, then
-# COMMAND on this node with RAY_ADDRESS set; when COMMAND ends (or this script is stopped), the
-# Ray steps are stopped (SIGTERM to the process group of each srun this script started, SIGKILL
-# after RAY_STOP_TIMEOUT s, default 30) and its exit status is COMMAND's.
+# COMMAND on this node with RAY_ADDRESS set; when COMMAND ends, the Ray steps are stopped (by
+# the PIDs of the srun steps this script started) and its exit status is COMMAND's.
 #
 #   #SBATCH --nodes=4 --ntasks-per-node=1 --cpus-per-task=16 --gpus-per-node=4
 #   cluster/ray-in-slurm.sh bash -c 'lipsweep launch --backend ray --address "$RAY_ADDRESS" ...'
@@ -69,53 +68,29 @@ export RAY_AUTH_TOKEN
 
 # One Ray node per SLURM node, as a step that lives until it is stopped, with the GPUs SLURM lets
 # it see. $1: the node's index, $2...: `ray start` options of its role. Workers find their own
-# address: the one they reach the head from (Ray's default for `ray start --address`). srun is
-# started directly in the background (not through a function, which would put a subshell between
-# this script and srun), in a process group of its own (job control on for that one command), so
-# that stop_ray signals srun itself and whatever srun runs locally.
+# address: the one they reach the head from (Ray's default for `ray start --address`).
 ray_node() {
   local index=$1 tmp
   shift
   tmp=$(temp_dir "$index")
-  set -m
   # shellcheck disable=SC2016 # expanded inside the step, on its node
-  srun --overlap --nodes=1 --ntasks=1 -w "${nodes[$index]}" bash -c '
+  on_node "${nodes[$index]}" bash -c '
     gpus=$(printf %s "${CUDA_VISIBLE_DEVICES:-}" | tr "," "\n" | grep -c . || true)
     mkdir -p "$0"
     exec env RAY_TMPDIR="$0" "$1" start --block "${@:2}" --num-cpus="${SLURM_CPUS_PER_TASK:-1}" \
-      --num-gpus="$gpus" --temp-dir="$0" --disable-usage-stats' "$tmp" "$ray" "$@" < /dev/null &
+      --num-gpus="$gpus" --temp-dir="$0" --disable-usage-stats' "$tmp" "$ray" "$@" &
   pids+=($!)
-  set +m
 }
 
 pids=()
-# Stop the Ray steps started here: SIGTERM to each srun's process group (srun passes it on to its
-# step's task, `ray start --block`, which stops its raylet, GCS and workers and exits); SIGKILL to
-# the groups still there after RAY_STOP_TIMEOUT s (default 30). Then each node's temp dir.
-stop_ray() {
-  local pid waited=0 index
-  for pid in "${pids[@]}"; do
-    kill -TERM -- "-$pid" 2> /dev/null || true
-  done
-  while any_alive "${pids[@]}" && [ "$waited" -lt "${RAY_STOP_TIMEOUT:-30}" ]; do
-    sleep 1
-    waited=$((waited + 1))
-  done
-  for pid in "${pids[@]}"; do
-    kill -KILL -- "-$pid" 2> /dev/null || true
-  done
-  [ ${#pids[@]} -eq 0 ] || wait "${pids[@]}" 2> /dev/null || true
+stop_ray() {  # the srun steps started here, by PID; then each node's temp dir
+  [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2> /dev/null || true
+  wait "${pids[@]}" 2> /dev/null || true
   pids=()
+  local index
   for index in "${!nodes[@]}"; do
     on_node "${nodes[$index]}" rm -rf "$(temp_dir "$index")" || true
   done
-}
-any_alive() {  # whether a process of one of the process groups $@ is still running
-  local pid
-  for pid in "$@"; do
-    if kill -0 -- "-$pid" 2> /dev/null; then return 0; fi
-  done
-  return 1
 }
 trap stop_ray EXIT
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import psutil
@@ -75,66 +72,3 @@ def test_token_and_given_temp_dir_made_private(tmp_path: Path, monkeypatch) -> N
     given.mkdir(mode=0o755)
     assert private_temp_dir(given) == given and mode(given) == 0o700
     assert mode(private_temp_dir(tmp_path / "new" / "r1")) == 0o700
-
-
-RAY_SCRIPT = Path(__file__).resolve().parents[1] / "cluster" / "ray-in-slurm.sh"
-FAKES = {
-    # srun on one machine: drop its options and run the command in its place.
-    "srun": "while [ $# -gt 0 ]; do case $1 in -w) shift 2 ;; -*) shift ;; *) break ;; esac; done\n"
-    'exec "$@"\n',
-    "scontrol": "echo localhost\n",
-    # `ray start --block`: a process with a child (its raylet), neither of which handles SIGTERM.
-    "ray": 'sleep 600 &\necho "$$ $!" >> "$FAKE_RAY_PIDS"\nwait\n',
-    # python: the wait for the nodes succeeds at once; the rest (head address, token) is real.
-    "python": 'if [ "$1" = - ]; then cat > /dev/null; echo "ray-in-slurm: fake"; exit 0; fi\n'
-    f'exec "{sys.executable}" "$@"\n',
-}
-
-
-def running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def test_ray_in_slurm_stops_the_ray_process_tree(tmp_path: Path) -> None:
-    """cluster/ray-in-slurm.sh with one node, SLURM and `ray` faked: when COMMAND ends, the
-    process its step ran (`ray start --block`) and that process's child are gone, its temp dir
-    is removed, and the exit status is COMMAND's. (It used to kill only the subshell between
-    the script and srun: `ray start` lived on with parent 1.)"""
-    for name, body in FAKES.items():
-        (tmp_path / name).write_text(f"#!/usr/bin/env bash\n{body}")
-        (tmp_path / name).chmod(0o755)
-    started, job = tmp_path / "ray-pids", f"t{os.getpid()}"
-    env = {
-        **os.environ,
-        "PATH": f"{tmp_path}:{os.environ['PATH']}",
-        "SLURM_JOB_ID": job,
-        "SLURM_JOB_NODELIST": "localhost",
-        "RAY": str(tmp_path / "ray"),
-        "PYTHON": str(tmp_path / "python"),
-        "FAKE_RAY_PIDS": str(started),
-        "RAY_STOP_TIMEOUT": "10",
-    }
-    command = 'while [ ! -s "$FAKE_RAY_PIDS" ]; do sleep 0.1; done; exit 3'
-    log = tmp_path / "log"  # not a pipe: a process left behind would hold it open
-    try:
-        with log.open("w") as out:
-            ran = subprocess.run(
-                ["bash", str(RAY_SCRIPT), "bash", "-c", command],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=60,
-                check=False,
-            )
-        assert ran.returncode == 3, log.read_text()[-2000:]
-        pids = [int(pid) for pid in started.read_text().split()]
-        assert len(pids) == 2
-        assert not [pid for pid in pids if running(pid)], "a Ray process outlived the script"
-        assert not Path(f"/tmp/r{job}n0").exists(), "the temp dir was left behind"
-    finally:
-        for pid in map(int, started.read_text().split() if started.exists() else []):
-            if running(pid):
-                os.kill(pid, signal.SIGKILL)
