@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-from analysis.load import METHOD_NAMES, dataset_name, method_name, size_order
+from analysis.load import METHOD_NAMES, NO_BUDGET, dataset_name, method_name, size_order
 
 DPI = 100
 PANEL = (4.0, 3.0)  # inches per line/scatter panel
@@ -35,6 +36,19 @@ SPEED_FIGURES: dict[str, list[tuple[str, str, float]]] = {
     ],
 }
 TRAIN_BATCH = ("train_batch_s", "training time per batch (s)", 1.0)
+# A peak below this cannot be a model's: the smallest (digits XS) holds 0.4 MiB of weights and
+# a batch of its activations is larger still. CPU peaks are resident-set growth, which misses
+# memory the process already held: such values are left out of the figures, with a note.
+MIN_PLAUSIBLE_BYTES = 2.0**20
+LOG_SPAN = 4.0  # a log axis only when the values span at least this factor
+RADII_WORDS = {"cra_36": "36/255", "cra_72": "72/255", "cra_108": "108/255", "cra_255": "1"}
+
+
+def metric_label(metric: str) -> str:
+    """'cra_36' -> 'certified robust accuracy at eps = 36/255 (%)'."""
+    if metric in RADII_WORDS:
+        return f"certified robust accuracy at ε = {RADII_WORDS[metric]} (%)"
+    return "clean accuracy (%)" if metric == "accuracy" else metric.replace("_", " ")
 
 
 def method_color(method: str) -> str:
@@ -86,20 +100,27 @@ def radar_figure(table: pd.DataFrame, out_dir: Path, name: str = "radar") -> lis
         axes.fill(np.append(angles, angles[0]), closed, color=color, alpha=0.3)
         axes.set_xticks(angles, [c.replace(" ", "\n") for c in table.columns], fontsize=6)
         axes.set_ylim(0, 5)
-        axes.set_yticks([1, 2, 3, 4, 5], [], fontsize=5)
+        axes.set_yticks([1, 2, 3, 4, 5], ["1", "2", "3", "4", "5"], fontsize=5, color="0.4")
         axes.set_title(method_name(str(method)), fontsize=9)
+    figure.suptitle("ratings 1 (worst) to 5 (best): outward is better", fontsize=9)
     return save(figure, out_dir / name)
 
 
-def _line_panel(axes: Axes, rows: pd.DataFrame, column: str, scale: float) -> None:
+def _line_panel(axes: Axes, rows: pd.DataFrame, column: str, scale: float) -> int:
+    """One line per method over the sizes; returns how many implausible values it left out."""
     sizes = size_order(rows["size"])
     positions = {size: i for i, size in enumerate(sizes)}
+    values_of = pd.to_numeric(rows[column], errors="coerce")
+    implausible = column.endswith("_peak_bytes") & values_of.lt(MIN_PLAUSIBLE_BYTES)
+    rows = rows[~implausible]
+    drawn: list[float] = []
     for method, group in rows.groupby("method"):
         values = group.groupby("size")[column].median() / scale
         values = values[np.isfinite(values) & (values > 0)]
         if values.empty:
             continue
         order = sorted(values.index, key=positions.__getitem__)
+        drawn += values[order].tolist()
         axes.plot(
             [positions[s] for s in order],
             values[order].to_numpy(),
@@ -108,8 +129,21 @@ def _line_panel(axes: Axes, rows: pd.DataFrame, column: str, scale: float) -> No
             label=method_name(str(method)),
         )
     axes.set_xticks(range(len(sizes)), sizes)
-    axes.set_yscale("log", base=2)
+    axes.set_xlabel("model size", fontsize=8)
+    readable_y(axes, drawn)
     axes.grid(True, which="major", alpha=0.3)
+    return int(implausible.sum())
+
+
+def readable_y(axes: Axes, values: list[float]) -> None:
+    """A log y axis when the values span LOG_SPAN or more, else linear; plain tick labels."""
+    if values and max(values) / min(values) >= LOG_SPAN:
+        axes.set_yscale("log")
+        axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axes.yaxis.set_minor_formatter(NullFormatter())
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    axes.yaxis.set_major_formatter(formatter)
 
 
 def _panels(
@@ -121,8 +155,11 @@ def _panels(
     for r, dataset in enumerate(datasets):
         for c, (column, label, scale) in enumerate(panels):
             axes = grid[r][c]
-            _line_panel(axes, _rows_of(frame, dataset), column, scale)
+            left_out = _line_panel(axes, _rows_of(frame, dataset), column, scale)
             axes.set_ylabel(label, fontsize=8)
+            if left_out:
+                note = f"{left_out} value(s) < 1 MiB left out: not a plausible peak"
+                axes.text(0.02, 0.02, note, transform=axes.transAxes, fontsize=6, color="0.4")
             if dataset is not None:
                 axes.set_title(dataset_name(dataset), fontsize=9)
     grid[0][-1].legend(fontsize=7)
@@ -158,7 +195,9 @@ def cra_gpu_hours_figure(
     """Certified accuracy (percent) against GPU-hours spent per model, one panel per dataset.
 
     ``frame`` has columns method, size, ``metric``, gpu_hours_spent (or gpu_hours) and
-    optionally dataset; every model is a point labelled with its size."""
+    optionally dataset and budget; every model is a point labelled with its size and budget.
+    The x axis is logarithmic when the hours span LOG_SPAN or more; CPU-only sweeps say
+    device-hours."""
     hours = "gpu_hours_spent" if "gpu_hours_spent" in frame else "gpu_hours"
     if hours not in frame or metric not in frame:
         return []
@@ -166,6 +205,8 @@ def cra_gpu_hours_figure(
     if points.empty:
         return []
     datasets = _datasets(points)
+    on_gpu = "device" not in points or not points["device"].astype(str).str.startswith("cpu").all()
+    unit = "GPU-hours" if on_gpu else "device-hours"
     figure = _figure(1, len(datasets), PANEL)
     grid = figure.subplots(1, len(datasets), squeeze=False)[0]
     methods = sorted(points["method"].unique())
@@ -175,13 +216,23 @@ def cra_gpu_hours_figure(
             group = rows[rows["method"] == method]
             x, y = group[hours].to_numpy(float), 100.0 * group[metric].to_numpy(float)
             axes.scatter(x, y, color=method_color(method), label=method_name(method), s=18)
-            for xi, yi, size in zip(x, y, group["size"], strict=True):
-                axes.annotate(
-                    str(size), (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points"
-                )
-        axes.set_xscale("log")
-        axes.set_xlabel("GPU-hours spent", fontsize=8)
-        axes.set_ylabel(f"{metric} (%)", fontsize=8)
+            budgets = group["budget"] if "budget" in group else [""] * len(group)
+            for xi, yi, size, budget in zip(x, y, group["size"], budgets, strict=True):
+                text = f"{size} {budget}".strip() if budget != NO_BUDGET else str(size)
+                axes.annotate(text, (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        all_hours = rows[hours].to_numpy(float)
+        if len(all_hours) and all_hours.max() / all_hours.min() >= LOG_SPAN:
+            axes.set_xscale("log")
+            axes.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
+            axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.tick_params(axis="x", labelsize=7)
+        axes.set_xlabel(f"{unit} spent per model", fontsize=8)
+        axes.set_ylabel(metric_label(metric), fontsize=8)
+        top = 100.0 * rows[metric].max() if len(rows) else 0.0
+        axes.set_ylim(0, max(5.0, 1.1 * top))  # an all-zero CRA still gets a readable axis
+        if top == 0:
+            axes.text(0.5, 0.5, "no model certifies any point", transform=axes.transAxes,
+                      ha="center", fontsize=8, color="0.4")  # fmt: skip
         axes.grid(True, alpha=0.3)
         if dataset is not None:
             axes.set_title(dataset_name(dataset), fontsize=9)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from lipsweep.certify import Certificate
     from lipsweep.model import ConvNet
 
 try:
@@ -24,3 +25,19 @@ def load_model(
     from lipsweep.results.artifacts import load_model as load
 
     return load(Path(folder), dataset, size, method, budget)
+
+
+def certify_model(model: Any, data: Any, **options: Any) -> Certificate:
+    """The certificate of a trained model (``lipsweep.certify.certify_model``): guaranteed
+    Lipschitz bounds per stage and for the model, CRA from float64 logits, and a PGD-L2 attack
+    on every certified point. ``data`` is a split from ``lipsweep.data.load_split`` or any
+    iterable of (x, y) batches; ``options``: attack, attack_steps, attack_limit, progress."""
+    import torch
+
+    from lipsweep.certify import certify_model as certify
+    from lipsweep.data import Batches, ImageSet
+
+    if isinstance(data, ImageSet):
+        device = next(model.parameters()).device
+        data = Batches(data, 256, False, torch.Generator(), device)
+    return certify(model, data, **options)

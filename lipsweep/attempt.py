@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import socket
 import time
 import traceback
+import zipfile
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from typing import Literal
 import torch
 
 from lipsweep.atomic import write_atomic, write_text_atomic
-from lipsweep.certify import evaluate, lipschitz_upper_bound
+from lipsweep.certify import certify_model, evaluate
 from lipsweep.data import DATASETS, Batches, ImageSet, load_split, train_val_split
 from lipsweep.layers.registry import spec as method_spec
 from lipsweep.loss import offset_cross_entropy
@@ -69,9 +71,12 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     device_seconds: float = 0.0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # training epochs only: what the budget buys
+    eval_seconds: float = 0.0  # the evaluations between and after epochs
+    certify_seconds: float = 0.0  # the final run's certificate (bound, float64 margins)
     resumed_from_epoch: int = 0
-    lipschitz_bound: float | None = None  # of the trained model; final-stage attempts only
+    lipschitz_bound: float | None = None  # guaranteed, of the trained model; final stage only
+    certified_lipschitz: float | None = None  # the L the final metrics were certified with
     started_at: str = ""
     ended_at: str = ""
 
@@ -153,6 +158,7 @@ class Attempt:
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.seconds_before = 0.0  # device-seconds used by earlier runs of this attempt
+        self.notes: list[str] = []  # what happened that the row should say (a damaged file)
         self.run = 0  # 0 for the first run; each resume from a checkpoint adds one
         self.started_at = now()  # of the first run: a resumed attempt keeps it
         self.run_started = time.monotonic()
@@ -180,11 +186,26 @@ class Attempt:
         write_atomic(self.workdir / CHECKPOINT, lambda temporary: torch.save(state, temporary))
 
     def restore(self) -> bool:
-        """Load the last checkpoint if there is one (weights only: no arbitrary unpickling)."""
+        """Load the last checkpoint if there is one (weights only: no arbitrary unpickling).
+
+        Without one, a killed earlier run's device time (its progress record) still counts.
+        A checkpoint that does not load (truncated, damaged, not a checkpoint) is set aside
+        as ``checkpoint.pt.damaged-<time>`` and the attempt starts from scratch; ``notes``
+        says so (checkpoints are written atomically, so there is no older one to fall back
+        to)."""
         path = self.workdir / CHECKPOINT
+        self.seconds_before = self._recorded_seconds()
         if not path.exists():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+            aside = path.with_name(f"{CHECKPOINT}.damaged-{now().replace(':', '')}")
+            path.rename(aside)
+            reason = str(error).splitlines()[0][:120]
+            self.notes.append(f"{CHECKPOINT} did not load ({reason}): set aside as {aside.name}, "
+                              "restarted from scratch")  # fmt: skip
+            return False
         planned = state["scheduler"].get("total_steps")
         if planned is not None and planned != max(self.spec.epochs, 1):
             raise ValueError(
@@ -206,10 +227,12 @@ class Attempt:
         return True
 
     def _recorded_seconds(self) -> float:
+        """The device-seconds of the progress record (0 if there is none or it is damaged)."""
         progress = self.workdir / PROGRESS
-        if not progress.exists():
+        try:
+            return float(json.loads(progress.read_text()).get("device_seconds", 0.0))
+        except (OSError, ValueError, AttributeError, TypeError):
             return 0.0
-        return float(json.loads(progress.read_text()).get("device_seconds", 0.0))
 
     def record_progress(self) -> None:
         """A small file rewritten when a run starts and after every epoch: `status` sees live
@@ -277,7 +300,7 @@ def run_attempt(
             _train_to_end(attempt, train, held_out, on_epoch)
             outcome.status = AttemptStatus.COMPLETED
             if spec.stage == "final":
-                certify_with_bound(attempt, held_out, outcome)
+                certify_final(attempt, held_out, outcome)
     except NonFiniteError as error:
         outcome.status, outcome.error = AttemptStatus.NAN, str(error)
     except Exception as error:
@@ -296,26 +319,22 @@ def run_attempt(
         outcome.device_seconds = attempt.device_seconds()
         outcome.metrics = _last_metrics(attempt.history)
         outcome.train_seconds = sum(row["train_seconds"] for row in attempt.history)
+        outcome.eval_seconds = sum(row.get("eval_seconds", 0.0) for row in attempt.history)
+        outcome.error = "; ".join(filter(None, [*attempt.notes, outcome.error]))
     outcome.ended_at = now()
     return outcome
 
 
-def certify_with_bound(attempt: Attempt, held_out: ImageSet, outcome: Outcome) -> None:
-    """Bound the trained model's Lipschitz constant (float64 Lanczos per layer). If it exceeds
-    1 (a truncated series, round-off), certify the final metrics with L = bound instead of 1,
-    so a certificate never relies on more than was measured. A failure here is noted, not
-    fatal: the trained model and its metrics stay."""
-    try:
-        bound = lipschitz_upper_bound(attempt.model, model_input(attempt.spec))
-    except Exception as error:
-        outcome.error = f"lipschitz bound failed: {type(error).__name__}: {error}"
-        return
-    outcome.lipschitz_bound = bound
-    if bound > 1.0:
-        batches = attempt.batches(held_out, train=False)
-        metrics = evaluate(attempt.model, batches, lipschitz=bound)
-        attempt.history[-1].update(metrics)
-        outcome.error = f"certified with L = {bound:.6g} (the measured bound exceeds 1)"
+def certify_final(attempt: Attempt, held_out: ImageSet, outcome: Outcome) -> None:
+    """The final model's certificate (``certify_model``, without the attack): its guaranteed
+    Lipschitz bound, and the last metrics recomputed from float64 logits with
+    L = max(1, bound). An error here fails the attempt: an uncertified final run is no result."""
+    batches = attempt.batches(held_out, train=False)
+    certificate = certify_model(attempt.model, batches, attack=False)
+    outcome.certify_seconds = sum(certificate.seconds.values())
+    outcome.lipschitz_bound = certificate.lipschitz_bound
+    outcome.certified_lipschitz = certificate.lipschitz
+    attempt.history[-1].update(certificate.metrics)
 
 
 def _train_to_end(

@@ -1,5 +1,6 @@
-"""Certification and soundness checks: margins, certified robust accuracy (CRA), a Lipschitz
-upper bound of a trained model, the activation-variance check and a PGD attack check.
+"""Certification and soundness checks: margins, certified robust accuracy (CRA), the
+certificate of a trained model (guaranteed bound, float64 margins, PGD check), the
+activation-variance check and a PGD attack check.
 
 Certificate (1LC Sec. 4; LAYERS.md Sec. 1). For an L-Lipschitz model (l2) with logits z, a
 prediction is certified at radius eps iff it is correct and
@@ -14,49 +15,20 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from lipsweep.layers import (
-    LAYERS,
-    LINEAR_HEADS,
-    CPLConv2d,
-    FirstChannels,
-    MaxMin,
-    SLLConv2d,
-    ZeroChannelPad,
-)
-from lipsweep.layers.numerics import LANCZOS_CYCLE, largest_eigenpair
+from lipsweep.bounds import model_bound
 from lipsweep.loss import offset_cross_entropy
 from lipsweep.model import stages
 
 # Radii of the paper's logs: 36/255, 72/255, 108/255 and 1.0 (= 255/255).
 RADII: tuple[float, ...] = (36 / 255, 72 / 255, 108 / 255, 1.0)
-
-# Stages that are 1-Lipschitz without any parameter: sorting pairs, projections, isometric
-# embeddings and permutations (AdaptiveMaxPool2d(1) is accepted separately: output size 1).
-NONEXPANSIVE: tuple[type[nn.Module], ...] = (
-    MaxMin,
-    FirstChannels,
-    ZeroChannelPad,
-    nn.PixelUnshuffle,
-    nn.PixelShuffle,
-    nn.Flatten,
-    nn.Identity,
-    nn.ReLU,
-)
-# Residual layers x - K^T (s * ReLU(K x + b)) of ``lipsweep.layers.sll.residual_step``.
-RESIDUAL: tuple[type[nn.Module], ...] = (CPLConv2d, SLLConv2d)
-# Affine layers A x + b: every registered conv except the residual ones, and the dense heads.
-AFFINE: tuple[type[nn.Module], ...] = (
-    nn.Conv2d,
-    nn.Linear,
-    *(cls for cls in LAYERS.values() if cls not in RESIDUAL),
-    *LINEAR_HEADS.values(),
-)
 
 
 def radius_key(eps: float) -> str:
@@ -89,28 +61,43 @@ def correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def certified(
-    logits: torch.Tensor, labels: torch.Tensor, eps: float, lipschitz: float = 1.0
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    lipschitz: float = 1.0,
+    slack: float = 0.0,
 ) -> torch.Tensor:
-    """Certified at radius eps (bool per example): correct and gap > sqrt(2) L eps."""
-    return logit_gaps(logits, labels) > math.sqrt(2) * lipschitz * eps
+    """Certified at radius eps (bool per example): correct and gap > sqrt(2) L eps + slack."""
+    return logit_gaps(logits, labels) > math.sqrt(2) * lipschitz * eps + slack
 
 
 def certified_accuracy(
-    logits: torch.Tensor, labels: torch.Tensor, eps: float, lipschitz: float = 1.0
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    eps: float,
+    lipschitz: float = 1.0,
+    slack: float = 0.0,
 ) -> float:
     """Fraction of examples certified at radius eps (eps = 0: strict clean accuracy)."""
-    return certified(logits, labels, eps, lipschitz).double().mean().item()
+    return certified(logits, labels, eps, lipschitz, slack).double().mean().item()
 
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    progress: Progress | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All logits and labels of ``batches`` (model in eval mode, no gradient), on the CPU."""
     was_training = model.training
     model.eval()
+    batches = list(batches) if progress is not None else batches
+    pairs = []
     try:
-        pairs = [(model(x).cpu(), y.cpu()) for x, y in batches]
+        for x, y in batches:
+            pairs.append((model(x).cpu(), y.cpu()))
+            if progress is not None:
+                progress("certify", len(pairs), len(batches))  # type: ignore[arg-type]
     finally:
         model.train(was_training)
     if not pairs:
@@ -130,187 +117,20 @@ def evaluate(
     the paper's defaults) and "examples". ``lipschitz`` is the model's constant (1 for a
     1-Lipschitz model).
     """
-    logits, labels = predict(model, batches)
+    return evaluate_logits(*predict(model, batches), lipschitz)
+
+
+def evaluate_logits(
+    logits: torch.Tensor, labels: torch.Tensor, lipschitz: float = 1.0, slack: float = 0.0
+) -> dict[str, float]:
+    """``evaluate`` from logits already computed (``slack``: see ``certified``)."""
     result = {"accuracy": certified_accuracy(logits, labels, 0.0)}
     for eps in RADII:
-        result[radius_key(eps)] = certified_accuracy(logits, labels, eps, lipschitz)
+        result[radius_key(eps)] = certified_accuracy(logits, labels, eps, lipschitz, slack)
     result["median_margin"] = margins(logits, labels).double().quantile(0.5).item()
     result["loss"] = offset_cross_entropy(logits.double(), labels).item()
     result["examples"] = float(len(labels))
     return result
-
-
-# ----------------------------------------------------------------------------- Lipschitz bound
-
-
-@dataclass(frozen=True)
-class LayerBound:
-    """The Lipschitz bound of one stage and how it was obtained."""
-
-    name: str
-    kind: str  # "nonexpansive", "affine" or "residual"
-    bound: float
-    iterations: int  # power-iteration steps taken (0 for nonexpansive stages)
-    converged: bool
-
-
-def power_iteration(
-    linear: Callable[[torch.Tensor], torch.Tensor],
-    shape: tuple[int, ...],
-    like: torch.Tensor,
-    iterations: int,
-    rtol: float,
-    seed: int = 0,
-) -> tuple[float, int, bool]:
-    """Largest singular value of a linear map from the top eigenpair of A^T A (1LC's T3).
-
-    A^T A v is the vector-Jacobian product of A at v with cotangent A v. The eigenpair comes
-    from restarted Lanczos with full reorthogonalisation (``largest_eigenpair``, cycles of at
-    most ``LANCZOS_CYCLE`` steps) from a seeded random start, in ``like``'s dtype, instead of
-    plain power iteration: on the clustered top of a convolution's spectrum power iteration
-    stalls below sigma_max, Lanczos converges at a rate in the square root of the gap.
-    Returns (||A y|| for the unit Ritz vector y, matvecs of A^T A, converged), converged
-    meaning the Ritz residual ||A^T A y - theta y|| <= rtol theta (rtol is raised to
-    1000 eps of the dtype, the attainable level) within ``iterations`` matvecs.
-    ||A y|| <= sigma_max for every unit y, so the estimate can only be low, never high.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    start = torch.randn(shape, generator=generator, dtype=torch.float64).to(like)
-
-    def gram(v: torch.Tensor) -> torch.Tensor:
-        v = v.detach().requires_grad_(True)
-        out = linear(v)
-        (gram_v,) = torch.autograd.grad(out, v, grad_outputs=out.detach())
-        return gram_v.detach()
-
-    rtol = max(rtol, 1e3 * torch.finfo(like.dtype).eps)
-    steps = min(iterations, LANCZOS_CYCLE)
-    _, y, matvecs, converged = largest_eigenpair(gram, start, steps, rtol, iterations)
-    with torch.no_grad():
-        return linear(y).norm().item(), matvecs, converged
-
-
-def affine_bound(
-    layer: nn.Module, shape: tuple[int, ...], iterations: int, rtol: float
-) -> tuple[float, int, bool]:
-    """||A|| of an affine layer f(x) = A x + b at input shape (C, H, W) or (F,), float64.
-
-    A v = f(v) - f(0) exactly, so this measures the layer minus its bias at the resolution it
-    really runs at (the spectrum of a conv depends on it). Works on a float64 copy.
-    """
-    layer = copy.deepcopy(layer).double().eval()
-    like = torch.zeros(1, *shape, dtype=torch.float64, device=device_of(layer))
-    with torch.no_grad():
-        offset = layer(like)
-    return power_iteration(lambda v: layer(v) - offset, like.shape, like, iterations, rtol)
-
-
-def residual_bound(
-    layer: nn.Module, shape: tuple[int, ...], iterations: int, rtol: float
-) -> tuple[float, int, bool]:
-    """Bound of a CPL/SLL layer y = x - K^T S ReLU(K x + b) from its own (eval) constants.
-
-    The Jacobian is I - K^T S^(1/2) D S^(1/2) K with D diagonal in [0, 1], so its
-    eigenvalues lie in [1 - lam, 1] with lam = ||S^(1/2) K||^2 and ||J|| <= max(1, lam - 1)
-    (CPL: lam = 2 sigma_true^2 / (sigma_used^2 + 1e-6)). lam is measured in float64 by power
-    iteration of the zero-padded conv (padding k // 2, as ``residual_step``) at this input
-    size, with the eval scale S that a float64 copy of the layer computes for that size.
-    """
-    layer = copy.deepcopy(layer).double().eval()
-    size = tuple(shape[-2:]) if getattr(layer, "size_dependent", False) else ()
-    kernel, scale = layer.cached_weight(*size)
-    root = scale.clamp_min(0).sqrt()
-    padding = kernel.shape[-1] // 2
-
-    def scaled_conv(v: torch.Tensor) -> torch.Tensor:
-        return root * nn.functional.conv2d(v, kernel, padding=padding)
-
-    like = torch.zeros(1, *shape, dtype=torch.float64, device=kernel.device)
-    norm, steps, converged = power_iteration(scaled_conv, like.shape, like, iterations, rtol)
-    return max(1.0, norm**2 - 1.0), steps, converged
-
-
-def device_of(module: nn.Module) -> torch.device:
-    """The device of the module's first parameter or buffer (CPU if it has none)."""
-    for tensor in (*module.parameters(), *module.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-def dtype_of(module: nn.Module) -> torch.dtype:
-    """The dtype of the module's first floating-point parameter (float32 if it has none)."""
-    for tensor in module.parameters():
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.float32
-
-
-def layer_bounds(
-    model: nn.Module,
-    input_shape: tuple[int, ...],
-    iterations: int = 1000,
-    rtol: float = 1e-9,
-) -> list[LayerBound]:
-    """Per-stage Lipschitz bounds of a sequential model for inputs of ``input_shape`` (C, H, W).
-
-    Each parametrised stage is measured on a float64 copy (the model is left unchanged), at
-    the input size it sees in the model. A stage of unknown type raises
-    ``TypeError``: it cannot be bounded silently.
-    """
-    was_training = model.training
-    model.eval()
-    x = torch.zeros(1, *input_shape, dtype=dtype_of(model), device=device_of(model))
-    bounds = []
-    try:
-        for name, stage in stages(model):
-            bounds.append(stage_bound(name, stage, tuple(x.shape[1:]), iterations, rtol))
-            with torch.no_grad():
-                x = stage(x)
-    finally:
-        model.train(was_training)
-    return bounds
-
-
-def stage_bound(
-    name: str, stage: nn.Module, shape: tuple[int, ...], iterations: int, rtol: float
-) -> LayerBound:
-    """The Lipschitz bound of one stage at input shape ``shape`` (see ``layer_bounds``)."""
-    if isinstance(stage, NONEXPANSIVE) or is_global_max_pool(stage):
-        return LayerBound(name, "nonexpansive", 1.0, 0, True)
-    if isinstance(stage, RESIDUAL):
-        bound, steps, done = residual_bound(stage, shape, iterations, rtol)
-        return LayerBound(name, "residual", bound, steps, done)
-    if isinstance(stage, AFFINE):
-        bound, steps, done = affine_bound(stage, shape, iterations, rtol)
-        return LayerBound(name, "affine", bound, steps, done)
-    raise TypeError(f"no Lipschitz bound known for stage {name!r} ({type(stage).__name__})")
-
-
-def is_global_max_pool(stage: nn.Module) -> bool:
-    """AdaptiveMaxPool2d(1): each output is a max over one channel, so it is 1-Lipschitz."""
-    return isinstance(stage, nn.AdaptiveMaxPool2d) and stage.output_size in (1, (1, 1))
-
-
-def lipschitz_upper_bound(
-    model: nn.Module,
-    input_shape: tuple[int, ...],
-    iterations: int = 1000,
-    rtol: float = 1e-9,
-    safety: float = 0.0,
-) -> float:
-    """Product of the per-stage bounds of ``layer_bounds``, each times (1 + safety).
-
-    Honest caveat: for affine stages the per-layer figure comes from power iteration, which
-    never overestimates the layer norm, so the product is an upper bound of the model's
-    Lipschitz constant only up to the (small, rtol-level once converged) power-iteration
-    error; pass ``safety`` > 0 to inflate each factor, and check ``layer_bounds(...)[i]
-    .converged``. The paper reports the same product with 1000 iterations per layer, but
-    with CPL and SLL counted as 1; here they are bounded from their own constants.
-    """
-    bound = 1.0
-    for layer in layer_bounds(model, input_shape, iterations, rtol):
-        bound *= layer.bound * (1.0 + safety)
-    return bound
 
 
 # ----------------------------------------------------------------------------- variance check
@@ -449,3 +269,128 @@ def attack_check(
         attacked_accuracy=robust.double().mean().item(),
         certified_flipped=int((is_certified & ~robust).sum().item()),
     )
+
+
+# ----------------------------------------------------------------------------- the certificate
+
+# Absolute slack on the logit gap of a float64 certificate. The float64 rounding of the forward
+# pass is far smaller: ~ depth x (k^2 C) x u x ||activation|| ~ 30 x 9216 x 1.1e-16 x 100, 3e-9.
+GAP_SLACK = 1e-6
+ATTACK_STEPS = 50
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass(frozen=True)
+class RadiusCheck:
+    """The certificate at one radius and the PGD attack on the points it certifies."""
+
+    eps: float
+    certified: int  # points certified at eps (correct, gap > sqrt(2) L eps + GAP_SLACK)
+    attacked: int  # certified points attacked (all of them unless ``attack_limit`` cut it)
+    flipped: int  # attacked certified points the attack made wrong: any flip is a bug
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """What ``certify_model`` proves about one model on one dataset."""
+
+    lipschitz_bound: float  # guaranteed bound of the eval model (``lipsweep.bounds``)
+    lipschitz: float  # the L that certifies: max(1, lipschitz_bound)
+    stages: list[tuple[str, float]]  # the guaranteed bound of every stage
+    metrics: dict[str, float]  # ``evaluate``'s keys, from float64 logits with L = ``lipschitz``
+    radii: list[RadiusCheck]
+    seconds: dict[str, float]  # "bound", "certify", "attack"
+
+    @property
+    def flipped(self) -> int:
+        return sum(check.flipped for check in self.radii)
+
+
+def certify_model(
+    model: nn.Module,
+    data: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    attack: bool = True,
+    attack_steps: int = ATTACK_STEPS,
+    attack_limit: int | None = None,
+    progress: Progress | None = None,
+) -> Certificate:
+    """Certify ``model`` on the batches ``data``: guaranteed bound, float64 CRA, PGD check.
+
+    The certificate is computed on a float64 copy of the eval model (``model`` is left
+    alone): the guaranteed Lipschitz bound L_g of every stage (``lipsweep.bounds``), then the
+    logits of every point in float64, certified at radius eps iff correct with gap >
+    sqrt(2) L eps + GAP_SLACK, L = max(1, L_g). With ``attack``, PGD-L2 (``attack_steps``
+    steps, unclipped) attacks every certified point at its radius, at most ``attack_limit``
+    per radius; a certified point it flips would disprove the certificate.
+    """
+    start = time.perf_counter()
+    checked = copy.deepcopy(model).double().eval()
+    batches = [(x.double(), y) for x, y in data]
+    if not batches:
+        raise ValueError("certify_model needs at least one batch")
+    bound, stage_list = model_bound(checked, tuple(batches[0][0].shape[1:]))
+    lipschitz = max(1.0, bound)
+    seconds = {"bound": time.perf_counter() - start}
+    start = time.perf_counter()
+    logits, labels = predict(checked, batches, progress)
+    metrics = evaluate_logits(logits, labels, lipschitz, GAP_SLACK)
+    seconds["certify"] = time.perf_counter() - start
+    start = time.perf_counter()
+    radii = [
+        check_radius(checked, batches, logits, eps, lipschitz, attack, attack_steps, attack_limit,
+                     progress)
+        for eps in RADII
+    ]  # fmt: skip
+    seconds["attack"] = time.perf_counter() - start
+    return Certificate(bound, lipschitz, stage_list, metrics, radii, seconds)
+
+
+def check_radius(
+    model: nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    logits: torch.Tensor,
+    eps: float,
+    lipschitz: float,
+    attack: bool,
+    steps: int,
+    limit: int | None,
+    progress: Progress | None = None,
+) -> RadiusCheck:
+    """Count the points certified at eps and attack them (``certify_model``)."""
+    x = torch.cat([x for x, _ in batches])
+    y = torch.cat([y for _, y in batches]).to(x.device)
+    mask = certified(logits, y.cpu(), eps, lipschitz, GAP_SLACK).to(x.device)
+    targets = mask.nonzero().flatten()
+    if not attack:
+        return RadiusCheck(eps, len(targets), 0, 0)
+    targets = targets[:limit] if limit is not None else targets
+    flipped, done, size = 0, 0, len(batches[0][0])
+    for chunk in targets.split(size) if len(targets) else ():
+        adversarial = pgd_l2_attack(model, x[chunk], y[chunk], eps, steps)
+        with torch.no_grad():
+            flipped += int((~correct(model(adversarial), y[chunk])).sum())
+        done += len(chunk)
+        if progress is not None:
+            progress(f"attack {radius_key(eps)}", done, len(targets))
+    return RadiusCheck(eps, int(mask.sum()), len(targets), flipped)
+
+
+def certificate_record(certificate: Certificate) -> dict[str, Any]:
+    """The certificate as plain JSON values."""
+    return {
+        "lipschitz_bound": certificate.lipschitz_bound,
+        "certified_lipschitz": certificate.lipschitz,
+        "stages": [{"stage": name, "bound": bound} for name, bound in certificate.stages],
+        "metrics": certificate.metrics,
+        "radii": [
+            {
+                "radius": radius_key(c.eps),
+                "eps": c.eps,
+                "certified": c.certified,
+                "attacked": c.attacked,
+                "flipped": c.flipped,
+            }
+            for c in certificate.radii
+        ],
+        "seconds": certificate.seconds,
+    }

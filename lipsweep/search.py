@@ -10,7 +10,9 @@ Resuming after a killed driver needs one rule on top of Optuna's own durability.
 still RUNNING whose attempts have not ended in the Parquet dataset was interrupted: it is handed
 out again, under its own number and hyperparameters (its attempts resume from their
 checkpoints), before any fresh trial is asked. A RUNNING trial whose attempts did end (the
-driver died before telling it) is told first.
+driver died before telling it) is told first. A trial the study knows as ended but whose
+result row is gone (a deleted or damaged Parquet file) runs again the same way: the Parquet
+dataset is the truth, the study only remembers the hyperparameters.
 """
 
 from __future__ import annotations
@@ -118,10 +120,12 @@ def prepare_cell(
         study_name=study_name, storage=storage, direction="maximize", load_if_exists=True
     )
     replays = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.number in ended:
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == TrialState.RUNNING and trial.number in ended:
             tell(study, trial.number, *ended[trial.number])
-        elif trial.number < settings.trials:
+        elif trial.number < settings.trials and trial.number not in ended:
+            # Interrupted (RUNNING), or told but its result row is gone: the Parquet
+            # dataset is the truth, so the trial runs again under its number and params.
             replays.append(trial)
     existing = len(study.trials)
     # A relaunch asks its fresh trials from a sampler seeded anew: seeding by the trials the
@@ -148,7 +152,9 @@ class CellSearch(Searcher):
     def __init__(self, cells: list[CellTrials]) -> None:
         super().__init__(metric=METRIC, mode="max")
         self.cells = cells
-        self.handed: dict[str, tuple[CellTrials, int, bool]] = {}  # id -> (cell, number, asked)
+        # Tune's trial id -> (cell, number, how): "asked" (fresh, from the searcher),
+        # "replay" (RUNNING in the study: told when it ends) or "rerun" (told already).
+        self.handed: dict[str, tuple[CellTrials, int, str]] = {}
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec):
         return True  # the space is each cell's own (search_space)
@@ -157,25 +163,28 @@ class CellSearch(Searcher):
         for cell in self.cells:
             if cell.replays:
                 trial = cell.replays.pop(0)
-                self.handed[trial_id] = (cell, trial.number, False)
+                how = "replay" if trial.state == TrialState.RUNNING else "rerun"
+                self.handed[trial_id] = (cell, trial.number, how)
                 return {"trial": cell.trial_config(trial.number, trial.params)}
             if cell.fresh > 0:
                 cell.fresh -= 1
                 params = dict(cell.searcher.suggest(trial_id))
                 number = int(params.pop("number"))
-                self.handed[trial_id] = (cell, number, True)
+                self.handed[trial_id] = (cell, number, "asked")
                 return {"trial": cell.trial_config(number, params)}
         return Searcher.FINISHED
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        cell, number, asked = self.handed.pop(trial_id)
+        cell, number, how = self.handed.pop(trial_id)
         status = (result or {}).get("status")
         if status not in ENDED:  # kept out by the cap, or crashed before recording anything
             return
-        if not asked:
+        if how == "replay":
             tell(cell.study, number, status, result.get(METRIC))
+        elif how == "rerun":
+            return  # the study knows this trial already; its row is back in the dataset
         elif status == AttemptStatus.COMPLETED:
             cell.searcher.on_trial_complete(trial_id, {METRIC: result[METRIC]})
         else:

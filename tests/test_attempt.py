@@ -186,3 +186,32 @@ def test_the_unconstrained_standard_conv_certifies_nothing() -> None:
     assert with_bound["cra_36"] == pytest.approx(2 / 3)
     assert without["accuracy"] == with_bound["accuracy"] == pytest.approx(2 / 3)
     assert without["cra_36"] == without["cra_255"] == 0.0
+
+
+def test_a_truncated_checkpoint_is_set_aside_and_the_attempt_restarts(tmp_path: Path) -> None:
+    """A checkpoint cut short (a kill during a copy, a full disk elsewhere) does not fail the
+    attempt: it is renamed, the row says so, and the attempt trains from scratch."""
+    spec = replace(DIGITS, epochs=2, max_examples=256)
+    first = run_attempt(spec, tmp_path)
+    assert first.status == "completed", first.error
+    data = (tmp_path / CHECKPOINT).read_bytes()
+    (tmp_path / CHECKPOINT).write_bytes(data[: len(data) // 3])
+    again = run_attempt(spec, tmp_path)
+    assert again.status == "completed", again.error
+    assert again.resumed_from_epoch == 0 and again.epochs_done == 2
+    (aside,) = tmp_path.glob(f"{CHECKPOINT}.damaged-*")
+    assert aside.read_bytes() == data[: len(data) // 3]
+    assert "did not load" in again.error and aside.name in again.error
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["epoch"] == 2
+    # Same seed, same data order: the restart reproduces the first run's result.
+    assert again.metrics["accuracy"] == first.metrics["accuracy"]
+
+
+def test_device_time_of_a_run_killed_before_its_first_checkpoint_counts(tmp_path: Path) -> None:
+    """The progress record of a killed run (no checkpoint yet) still charges its time."""
+    progress = {"epoch": 0, "device_seconds": 1234.5, "pid": 1, "host": "elsewhere"}
+    (tmp_path / PROGRESS).write_text(json.dumps(progress))
+    outcome = run_attempt(replace(DIGITS, epochs=1, max_examples=128), tmp_path)
+    assert outcome.status == "completed", outcome.error
+    assert 1234.5 < outcome.device_seconds < 1234.5 + 120
+    assert outcome.train_seconds > 0 and outcome.eval_seconds > 0

@@ -1,5 +1,6 @@
-"""Certification: metrics on hand-made logits, the offset cross-entropy, the Lipschitz upper
-bound, the activation-variance check, and the attack check (certificates are never broken)."""
+"""Certification: metrics on hand-made logits, the offset cross-entropy, the Lipschitz
+estimate and its relation to the guaranteed bound, the certificate of a trained model, the
+activation-variance check, and the attack check (certificates are never broken)."""
 
 from __future__ import annotations
 
@@ -11,25 +12,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lipsweep.bounds import model_bound
 from lipsweep.certify import (
     RADII,
     activation_variances,
-    affine_bound,
     attack_check,
     certified,
     certified_accuracy,
+    certify_model,
     evaluate,
-    layer_bounds,
-    lipschitz_upper_bound,
     logit_gaps,
     margins,
     pgd_l2_attack,
-    power_iteration,
     radius_key,
-    residual_bound,
     variance_increases,
 )
 from lipsweep.data import Batches, load_split
+from lipsweep.estimate import (
+    affine_estimate,
+    lipschitz_estimate,
+    power_iteration,
+    residual_estimate,
+    stage_estimates,
+)
 from lipsweep.layers import LAYERS, METHODS
 from lipsweep.loss import (
     DEFAULT_MARGIN,
@@ -161,21 +166,21 @@ def exact_conv_norm(conv: nn.Module, shape: tuple[int, ...]) -> float:
     return jacobian_singular_values(conv, torch.zeros(shape, dtype=torch.float64)).max().item()
 
 
-def test_affine_bound_equals_the_exact_norm_of_a_conv() -> None:
+def test_affine_estimate_equals_the_exact_norm_of_a_conv() -> None:
     torch.manual_seed(0)
     conv = LAYERS["standard"](4, 4, 3)
-    sigma, _, converged = affine_bound(conv, (4, 8, 8), iterations=5000, rtol=1e-12)
+    sigma, _, converged = affine_estimate(conv, (4, 8, 8), iterations=5000, rtol=1e-12)
     assert converged
     assert sigma == pytest.approx(exact_conv_norm(conv.double(), (4, 8, 8)), rel=1e-6)
 
 
-def test_upper_bound_of_a_standard_model_exceeds_its_jacobian_norm() -> None:
+def test_estimate_of_a_standard_model_reaches_its_jacobian_norm() -> None:
     model = tiny_model("standard")
     with torch.no_grad():
         for _, layer in lipschitz_layers(model):
             layer.weight.mul_(2)
     sigma, _ = largest_singular_value(model.eval(), TINY_SHAPE, points=5)
-    bound = lipschitz_upper_bound(model, TINY_SHAPE)
+    bound = lipschitz_estimate(model, TINY_SHAPE)
     assert bound >= sigma
     assert bound > 1.5
 
@@ -190,18 +195,18 @@ def centre_tap_norms(model: nn.Module) -> dict[str, float]:
     return norms
 
 
-def test_upper_bound_of_orthogonal_and_scaled_standard_models() -> None:
+def test_estimate_of_orthogonal_and_scaled_standard_models() -> None:
     model = orthogonal_standard_model()
     exact = math.prod(centre_tap_norms(model).values())
     assert exact == pytest.approx(1.0, abs=1e-5)
-    assert lipschitz_upper_bound(model, TINY_SHAPE) == pytest.approx(exact, rel=1e-12)
+    assert lipschitz_estimate(model, TINY_SHAPE) == pytest.approx(exact, rel=1e-12)
     with torch.no_grad():
         model.block1.conv2.weight.mul_(3)
     norms = centre_tap_norms(model)
-    bounds = {b.name: b.bound for b in layer_bounds(model, TINY_SHAPE)}
+    bounds = {b.name: b.estimate for b in stage_estimates(model, TINY_SHAPE)}
     assert bounds["block1.conv2"] == pytest.approx(norms["block1.conv2"], rel=1e-12)
     assert norms["block1.conv2"] == pytest.approx(3.0, rel=1e-6)
-    assert lipschitz_upper_bound(model, TINY_SHAPE) == pytest.approx(math.prod(norms.values()))
+    assert lipschitz_estimate(model, TINY_SHAPE) == pytest.approx(math.prod(norms.values()))
 
 
 def clustered_map(n: int = 200, gap: float = 1e-4) -> torch.Tensor:
@@ -213,7 +218,7 @@ def clustered_map(n: int = 200, gap: float = 1e-4) -> torch.Tensor:
     return squares.sqrt()[:, None] * q.T
 
 
-def test_power_iteration_bound_is_exact_on_a_clustered_spectrum() -> None:
+def test_power_iteration_estimate_is_exact_on_a_clustered_spectrum() -> None:
     """Top two singular values 5e-5 relative apart: the Lanczos-based estimate is sigma_max to
     1e-10 within 150 matvecs of A^T A and says it has converged."""
     matrix = clustered_map()
@@ -227,22 +232,22 @@ def test_power_iteration_bound_is_exact_on_a_clustered_spectrum() -> None:
 
 def test_unknown_stage_is_an_error() -> None:
     model = nn.Sequential(nn.Tanh())
-    with pytest.raises(TypeError, match="no Lipschitz bound"):
-        lipschitz_upper_bound(model, (4,))
+    with pytest.raises(TypeError, match="no Lipschitz estimate"):
+        lipschitz_estimate(model, (4,))
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_upper_bound_of_a_one_lipschitz_model(method: str) -> None:
+def test_estimate_of_a_one_lipschitz_model(method: str) -> None:
     model = tiny_model(method)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    bound = lipschitz_upper_bound(model, TINY_SHAPE, iterations=500)
+    bound = lipschitz_estimate(model, TINY_SHAPE, iterations=500)
     assert bound <= 1 + model_tolerance(method, model)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), f"{key} changed"
 
 
 @pytest.mark.parametrize("method", ["cpl", "sll"])
-def test_residual_bound_matches_its_formula(method: str) -> None:
+def test_residual_estimate_matches_its_formula(method: str) -> None:
     """max(1, lam - 1) with lam = ||S^(1/2) K||^2 and S the layer's own scale; a scale 3 times
     too large is caught. Power iteration may only fall short of the exact value."""
     torch.manual_seed(0)
@@ -255,14 +260,46 @@ def test_residual_bound_matches_its_formula(method: str) -> None:
         return scale.sqrt() * F.conv2d(x, kernel, padding=1)
 
     lam = exact_conv_norm(scaled, shape) ** 2
-    if method == "cpl":
-        assert lam == pytest.approx(2.0, rel=2e-3)  # r sigma^2 = 2 sigma^2 / (sigma^2 + 1e-6)
-    bound, _, _ = residual_bound(layer, shape, iterations=2000, rtol=1e-12)
+    if method == "cpl":  # r sigma^2 = 2 sigma^2 / ((1 + 1e-5) sigma_g^2 + 1e-6), sigma_g >= sigma
+        sigma = exact_conv_norm(lambda x: F.conv2d(x, kernel, padding=1), shape)
+        guaranteed = layer.guaranteed_norm(8, 8).item()
+        assert lam == pytest.approx(2 * sigma**2 / ((1 + 1e-5) * guaranteed**2 + 1e-6), rel=1e-9)
+        assert 2 * (1 - 2e-5) < lam < 2  # sigma_g is exact here (a dense 256-input map)
+    bound, _, _ = residual_estimate(layer, shape, iterations=2000, rtol=1e-12)
     assert bound == pytest.approx(max(1.0, lam - 1), rel=2e-3)
     layer.cached_weight = lambda *size: (kernel, 3 * scale)  # a step size 3 times too large
-    bound, _, _ = residual_bound(layer, shape, iterations=2000, rtol=1e-12)
+    bound, _, _ = residual_estimate(layer, shape, iterations=2000, rtol=1e-12)
     assert bound == pytest.approx(3 * lam - 1, rel=2e-3)
     assert bound <= (3 * lam - 1) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("method", ["standard", *METHODS])
+def test_guaranteed_bound_is_never_below_the_estimate(method: str) -> None:
+    """Stage by stage: the guaranteed bound >= the Lanczos estimate (which is <= the norm)."""
+    model = tiny_model(method)
+    if method == "standard":
+        with torch.no_grad():
+            model.block1.conv2.weight.mul_(3)
+    bound, stages_ = model_bound(model, TINY_SHAPE)
+    estimates = stage_estimates(model, TINY_SHAPE, iterations=300)
+    assert [name for name, _ in stages_] == [b.name for b in estimates]
+    for (name, guaranteed), estimate in zip(stages_, estimates, strict=True):
+        assert guaranteed >= estimate.estimate * (1 - 1e-9), name
+    assert bound >= lipschitz_estimate(model, TINY_SHAPE, iterations=300) * (1 - 1e-9)
+    if method != "standard":
+        assert bound <= (1 + 1e-9) ** len(stages_)  # each stage's rounding slack
+
+
+def test_guaranteed_bound_of_orthogonal_and_scaled_standard_models() -> None:
+    """Centre-tap-only kernels: the circular conv's norm is the centre tap's, exactly."""
+    model = orthogonal_standard_model()
+    with torch.no_grad():
+        model.block1.conv2.weight.mul_(3)
+    exact = math.prod(centre_tap_norms(model).values())
+    bound, stages_ = model_bound(model, TINY_SHAPE)
+    slack = (1 + 1e-9) ** len(stages_)  # each stage's rounding slack
+    assert exact <= bound <= exact * slack * (1 + 1e-12)
+    assert dict(stages_)["block1.conv2"] == pytest.approx(3.0, rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- variance check
@@ -344,7 +381,8 @@ def pooled(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("method", METHODS)
 def test_short_cifar10_training_is_certified_soundly(method: str, shared_data: Path) -> None:
     """Four epochs of a width-8 ConvNet on the real CIFAR-10 subset (inputs 8 x 8): accuracy
-    clearly above chance, and PGD breaks no certified test point (attacked acc >= CRA)."""
+    clearly above chance, PGD breaks no certified test point (attacked acc >= CRA), and the
+    guaranteed bound is <= 1 and >= the estimate."""
     train = load_split("cifar10", "train", shared_data)
     test = load_split("cifar10", "test", shared_data)
     torch.manual_seed(0)
@@ -368,4 +406,8 @@ def test_short_cifar10_training_is_certified_soundly(method: str, shared_data: P
     check = attack_check(model, x[:200], y[:200], RADII[0], steps=20)
     assert check.certified_flipped == 0, check
     assert check.attacked_accuracy >= check.certified_accuracy
-    assert lipschitz_upper_bound(model, (3, 8, 8), iterations=300) <= 1.01
+    certificate = certify_model(model, test_batches[:1], attack_steps=20, attack_limit=100)
+    assert certificate.lipschitz_bound <= (1 + 1e-9) ** len(certificate.stages)
+    assert certificate.radii[0].attacked > 0 and certificate.flipped == 0, certificate.radii
+    estimate = lipschitz_estimate(model, (3, 8, 8), iterations=300)
+    assert estimate <= certificate.lipschitz_bound * (1 + 1e-9)

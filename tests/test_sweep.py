@@ -14,14 +14,17 @@ from pathlib import Path
 
 import optuna
 import psutil
+import pyarrow.parquet as pq
 import pytest
 import torch
 from rich.console import Console
+from typer.testing import CliRunner
 
 from lipsweep.attempt import TrialSpec, load_data
 from lipsweep.backends.local import LocalBackend
 from lipsweep.calibrate import make_plans, plan_cell
-from lipsweep.certify import evaluate
+from lipsweep.certify import certify_model, evaluate
+from lipsweep.cli import app
 from lipsweep.cli.render import status_table
 from lipsweep.config import LR_RANGE, WEIGHT_DECAY_RANGE, SweepConfig
 from lipsweep.data import Batches
@@ -98,7 +101,10 @@ def test_sweep_runs_search_select_final_into_parquet(tmp_path: Path, ray_session
     assert (attempts["train_peak_bytes"] > 0).all() and attempts[
         "inference_peak_bytes"
     ].notna().all()
-    assert (finals["lipschitz_bound"] <= 1 + 1e-4).all()
+    # Finals are certified with their guaranteed bound; search rows certify nothing.
+    assert (finals["lipschitz_bound"] <= 1 + 1e-6).all()
+    assert (finals["certified_lipschitz"] == finals["lipschitz_bound"].clip(lower=1.0)).all()
+    assert search["lipschitz_bound"].isna().all() and search["certified_lipschitz"].isna().all()
     for method in ("aol", "sll"):
         mine = search[search["method"] == method]
         # Best validation CRA; ties go to the lower trial index.
@@ -122,10 +128,26 @@ def test_sweep_runs_search_select_final_into_parquet(tmp_path: Path, ray_session
     assert not model.training
     spec = TrialSpec("digits", "XS", "aol", 1, 0.1, 0.0, 0)
     _, test_split = load_data(replace(spec, max_examples=config.max_examples))
-    scores = evaluate(model, Batches(test_split, 64, False, torch.Generator(), torch.device("cpu")))
+    batches = Batches(test_split, 64, False, torch.Generator(), torch.device("cpu"))
+    certificate = certify_model(model, batches, attack=False)
     final_aol = finals[finals["method"] == "aol"].iloc[0]
-    assert scores["accuracy"] == pytest.approx(final_aol["accuracy"])
-    assert scores["cra_36"] == pytest.approx(final_aol["cra_36"])
+    assert certificate.lipschitz_bound == final_aol["lipschitz_bound"]
+    for key in ("accuracy", "cra_36", "cra_72", "cra_108"):
+        assert certificate.metrics[key] == final_aol[key], key
+    assert evaluate(model, batches)["accuracy"] == pytest.approx(final_aol["accuracy"])
+    # `lipsweep certify` finds the sweep's final models and attacks their certified points.
+    result = CliRunner().invoke(
+        app,
+        ["certify", str(tmp_path), "--attack-steps", "5", "--max-examples", "256",
+         "--out", str(tmp_path / "c.parquet")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(tmp_path / "c.parquet").to_pandas()
+    assert sorted(set(rows["method"])) == ["aol", "sll"] and len(rows) == 2 * 4
+    assert (rows["flipped"] == 0).all() and (rows["attacked"] == rows["certified"]).all()
+    aol_36 = rows[(rows["method"] == "aol") & (rows["radius"] == "cra_36")].iloc[0]
+    assert aol_36["model"] == final_aol["attempt_id"]
+    assert (aol_36["cra"], aol_36["accuracy"]) == (final_aol["cra_36"], final_aol["accuracy"])
     # Status reads the folder alone and shows every cell done.
     text = status_text(tmp_path)
     assert "digits-XS-aol" in text and "digits-XS-sll" in text
@@ -138,6 +160,23 @@ def test_sweep_runs_search_select_final_into_parquet(tmp_path: Path, ray_session
     assert (
         again.set_index("attempt_id")["ended_at"] == attempts.set_index("attempt_id")["ended_at"]
     ).all()
+    # A lost search result (its Parquet file deleted; the study still says COMPLETE) runs
+    # again under its number and hyperparameters, and nothing else does.
+    lost = search.sort_values("attempt_id").iloc[0]
+    (path,) = (tmp_path / "results" / "attempts").rglob(f"{lost['attempt_id']}.parquet")
+    path.unlink()
+    assert lost["attempt_id"] not in set(read_attempts(tmp_path)["attempt_id"])
+    launch(config, tmp_path)
+    rerun = read_attempts(tmp_path).set_index("attempt_id")
+    assert sorted(rerun.index) == sorted(attempts["attempt_id"])
+    back = rerun.loc[lost["attempt_id"]]
+    assert back["status"] == "completed" and back["ended_at"] > lost["ended_at"]
+    for key in ("lr", "weight_decay", "seed", "trial_index", "epochs_done"):
+        assert back[key] == lost[key], key
+    others = attempts.set_index("attempt_id").drop(index=lost["attempt_id"])
+    assert (rerun.loc[others.index, "ended_at"] == others["ended_at"]).all()
+    cell = f"t/digits-XS-{lost['method']}"
+    assert len(optuna.load_study(study_name=cell, storage=storage).trials) == 2
 
 
 def test_nan_and_out_of_memory_attempts_are_recorded_while_the_sweep_goes_on(

@@ -6,7 +6,7 @@ import itertools
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -29,6 +29,9 @@ from lipsweep.config import CALIBRATIONS
 from lipsweep.errors import InputError
 from lipsweep.layers.registry import SPECS
 from lipsweep.names import DATASETS, SIZES, STAGES
+
+if TYPE_CHECKING:
+    from lipsweep.attempt import Outcome
 
 
 def plan_epochs(spec, calibration: str, budget_s: float, train_examples: int) -> tuple[int, str]:
@@ -77,13 +80,18 @@ def run_with_progress(spec, workdir: Path):
         return run_attempt(spec, workdir, on_epoch)
 
 
-def result_table(status: str, metrics: dict[str, float], device_seconds: float) -> Table:
-    table = Table(title=f"result: {status}")
+def result_table(outcome: Outcome) -> Table:
+    """The last metrics; a final run's are certified with its guaranteed Lipschitz bound."""
+    certified = outcome.certified_lipschitz is not None
+    how = f"certified with L = {outcome.certified_lipschitz:.6g}" if certified else "float32, L = 1"
+    table = Table(title=f"result: {outcome.status} ({how})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in metrics.items():
+    for name, value in outcome.metrics.items():
         table.add_row(name, f"{value:.4f}")
-    table.add_row("device-seconds", f"{device_seconds:.1f}")
+    if outcome.lipschitz_bound is not None:
+        table.add_row("Lipschitz bound", f"{outcome.lipschitz_bound:.6g}")
+    table.add_row("device-seconds", f"{outcome.device_seconds:.1f}")
     return table
 
 
@@ -163,7 +171,7 @@ def train(
     )
     outcome = run_with_progress(spec, workdir)
     write_json(workdir / "result.json", {"spec": asdict(spec), "outcome": asdict(outcome)})
-    console.print(result_table(outcome.status, outcome.metrics, outcome.device_seconds))
+    console.print(result_table(outcome))
     if outcome.status != "completed":
         console.print(f"[red]attempt ended: {outcome.status}[/] {outcome.error}")
         raise typer.Exit(1)

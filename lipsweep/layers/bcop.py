@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsweep.layers.base import CachedParametrization, require_square
+from lipsweep.layers.norms import spectral_norm
 from lipsweep.layers.numerics import (
     bjorck_orthonormalize,
     matrix_power_iteration,
@@ -85,6 +86,27 @@ def warm_power_iteration(
     return u
 
 
+def bjorck(
+    matrices: torch.Tensor, iterations: int, u: torch.Tensor, power_iterations: int, training: bool
+) -> torch.Tensor:
+    """``bjorck_orthonormalize`` of (..., m, n) with the pre-scaling of each mode.
+
+    Training: warm power iterations from the buffer ``u`` (on the tall side, updated in place).
+    Eval: the exact ``spectral_norm`` (what the iterations converge to), never ``u``: an
+    estimate from a ``u`` that misses the top singular vector can be low by more than sqrt(3),
+    where Bjorck diverges. With sigma_max pre-scaled to <= 1 every Bjorck step keeps the
+    singular values in [0, 1], so the result is a contraction, converged or not; its
+    projectors Q Q^T then have eigenvalues in [0, 1] and BCOP's symbol, a product of the
+    normal contractions P + (I - P) z, stays <= 1 on the unit torus.
+    """
+    if training:
+        tall = matrices.mT if matrices.shape[-2] < matrices.shape[-1] else matrices
+        u = warm_power_iteration(tall, u, power_iterations, training)
+        return bjorck_orthonormalize(matrices, iterations, u=u, power_iterations=0)
+    scale = spectral_norm(matrices).to(matrices.dtype)
+    return bjorck_orthonormalize(matrices, iterations, scale=scale)
+
+
 class BCOPConv2d(CachedParametrization):
     """Orthogonal k x k convolution with circular padding (Li et al., NeurIPS 2019)."""
 
@@ -111,10 +133,11 @@ class BCOPConv2d(CachedParametrization):
         self.register_buffer("power_u", random_unit_vectors(len(matrices), channels))
 
     def orthogonal_matrices(self, training: bool) -> torch.Tensor:
-        """Bjorck-orthonormalised parameter matrices (2k - 1, c, c), power-iteration pre-scaled."""
-        u = warm_power_iteration(self.param_matrices, self.power_u, self.power_iterations, training)
-        return bjorck_orthonormalize(
-            self.param_matrices, self.bjorck_iterations, u=u, power_iterations=0
+        """Bjorck-orthonormalised parameter matrices (2k - 1, c, c), pre-scaled by a warm
+        power-iteration estimate in training and by the exact sigma_max in eval."""
+        iterations = self.bjorck_iterations
+        return bjorck(
+            self.param_matrices, iterations, self.power_u, self.power_iterations, training
         )
 
     def parametrize(self, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,8 +159,9 @@ class BjorckLinear(CachedParametrization):
     """``nn.Linear`` with a Bjorck-orthonormalised weight: 3 iterations in training, 15 in eval.
 
     The paper's 1-Lipschitz head for BCOP. The weight is orthogonal (semi-orthogonal when
-    in_features != out_features); pre-scaling by a warm-started power iteration keeps every
-    singular value <= 1 even with few Bjorck steps.
+    in_features != out_features); pre-scaling (``bjorck``: a warm-started power iteration in
+    training, the exact sigma_max in eval) keeps every singular value <= 1 even with few
+    Bjorck steps.
     """
 
     def __init__(
@@ -160,11 +184,9 @@ class BjorckLinear(CachedParametrization):
         self.register_buffer("power_u", random_unit_vectors(min(in_features, out_features)))
 
     def parametrize(self, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        wide = self.out_features < self.in_features  # Bjorck works on the tall side
-        tall = self.weight.mT if wide else self.weight
-        u = warm_power_iteration(tall, self.power_u, self.power_iterations, training)
         iterations = self.train_iterations if training else self.eval_iterations
-        return bjorck_orthonormalize(self.weight, iterations, u=u, power_iterations=0), self.bias
+        weight = bjorck(self.weight, iterations, self.power_u, self.power_iterations, training)
+        return weight, self.bias
 
     def apply_weight(
         self, x: torch.Tensor, weight: tuple[torch.Tensor, torch.Tensor]

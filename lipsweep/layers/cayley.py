@@ -56,7 +56,7 @@ class CayleyConv2d(CachedParametrization):
         if not training:
             weight, alpha = weight.double(), alpha.double()
         spectrum = kernel_spectrum(weight, height, width, onesided=True)
-        scale = alpha / weight.norm()  # a scalar first: backward keeps one grid, not two
+        scale = alpha / nonzero_norm(weight)  # a scalar first: backward keeps one grid, not two
         q = map_rfft_grid(lambda s: cayley_transform(s * scale), spectrum, width)
         return q.to(complex_dtype(self.weight.dtype))
 
@@ -88,13 +88,19 @@ class CayleyLinear(CachedParametrization):
         weight, alpha = self.weight, self.alpha
         if not training:
             weight, alpha = weight.double(), alpha.double()
-        return cayley_transform(alpha * weight / weight.norm()).to(self.weight.dtype)
+        return cayley_transform(alpha * weight / nonzero_norm(weight)).to(self.weight.dtype)
 
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}"
+
+
+def nonzero_norm(weight: torch.Tensor) -> torch.Tensor:
+    """||W||_F, or 1 for W = 0 (whose scaled copy is then 0 and Q = I, not NaN)."""
+    norm = weight.norm()
+    return torch.where(norm > 0, norm, 1)
 
 
 def conv_default_init(weight: nn.Parameter, bias: nn.Parameter) -> None:

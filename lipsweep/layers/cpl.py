@@ -14,25 +14,23 @@ from the persistent buffer ``u`` (1, C, input_size, input_size):
   vector in ``u``: one step from a random u underestimates sigma by ~30% (train-mode Lipschitz
   constant ~1.6, as in the reference at the start of training), and the warm-up runs where the
   layer trains (on the GPU), not at construction, and after any re-initialisation of the kernel;
-* eval: restarted Lanczos on K^T K in float64 (``numerics.largest_eigenpair``: cycles of
-  ``LANCZOS_CYCLE`` steps with full reorthogonalisation, until the Ritz residual
-  ||K^T K y - theta y|| <= ``EVAL_RTOL`` theta, at most ``EVAL_MAX_STEPS`` matvecs), started
-  from ``u`` without writing to it, so the cached weight is a pure function of the state_dict;
-  sigma = sqrt(theta), and r = 2 / (theta + 1e-6) is rounded down when cast to the layer's
-  dtype. A change-based stop of the power iteration is not enough here: the top of a
-  convolution's spectrum is clustered (top two eigenvalues 1e-4 relative apart are common),
-  power iteration stalls below sigma, and r sigma^2 > 2 makes the layer expansive (seen:
-  sigma 1.79674 for 1.79741, r sigma^2 = 2.0015). Lanczos converges at a rate in
-  sqrt(gap). theta is a Rayleigh quotient, so it still approaches sigma^2 from below; the tests
-  compare it with the exact norm of the dense conv matrix.
+* eval: a guaranteed bound instead of an estimate, so the eval layer is 1-Lipschitz from any
+  state: sigma_g = ``norms.same_conv_bound`` at the input's H x W (the torus bound: the
+  zero-padded conv is a restriction of the circular one on a (H + k // 2) x (W + k // 2)
+  torus, whose norm is exact per DFT frequency; for maps of at most ``norms.DENSE_LIMIT``
+  inputs, where the torus bound is 2-12% high, the exact norm checked on the dense matrix),
+  r = 2 / ((1 + 1e-5) sigma_g^2 + 1e-6) in float64, rounded down when cast to the layer's
+  dtype. Then r sigma^2 <= r sigma_g^2 < 2. No buffer is read, so the cached weight is a pure
+  function of the parameters. Every iterative estimate approaches sigma from below (power
+  iteration, Lanczos: Rayleigh quotients), and one started from a ``u`` without a component in
+  the top eigenspace never gets there.
 
-Other input sizes: the norm of a zero-padded convolution on a grid never exceeds its norm on a
-larger grid (the smaller map is a compression of the larger one), so inputs no larger than the
-buffer use the buffer's sigma. For an input larger than the buffer in either dimension, sigma is
-measured on the enclosing grid (max(H, input_size), max(W, input_size)) by the eval
-estimate started from ``u`` zero-padded into it; ``u`` is then not updated (its shape is
-fixed), and training at that size pays the eval estimate on every step, so set
-``input_size`` to the training resolution.
+``spectral_norm`` still gives the converged estimate of sigma (restarted Lanczos on K^T K in
+float64, ``numerics.largest_eigenpair``, started from ``u``); training uses it once, to warm
+``u`` up. For an input larger than the buffer in either dimension, training measures sigma on
+the enclosing grid (max(H, input_size), max(W, input_size)) by that estimate started from
+``u`` zero-padded into it; ``u`` is then not updated (its shape is fixed), and training at that
+size pays the estimate on every step, so set ``input_size`` to the training resolution.
 """
 
 from __future__ import annotations
@@ -44,10 +42,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsweep.layers.base import CachedParametrization, require_square
+from lipsweep.layers.norms import same_conv_bound
 from lipsweep.layers.numerics import LANCZOS_CYCLE, largest_eigenpair
 from lipsweep.layers.sll import init_kernel_and_bias, residual_step
 
 EPS = 1e-6
+EVAL_SLACK = 1e-5  # relative room between the eval step and the bound's limit 2 / sigma_g^2
 EVAL_MAX_STEPS = 1000  # matvecs of K^T K at most, over all cycles
 EVAL_RTOL = 1e-10  # Ritz residual ||K^T K y - theta y|| / theta that ends the iteration
 
@@ -81,6 +81,8 @@ class CPLConv2d(CachedParametrization):
         self.register_buffer("u", normalized(torch.randn(1, in_channels, input_size, input_size)))
         self.register_buffer("u_is_warm", torch.tensor(False))
         self._warm = False  # mirror of u_is_warm, so training does not sync with the device
+        # (H, W) -> (eval kernel copy, its guaranteed norm): see ``kernel_bound``.
+        self._eval_norms: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def is_warm(self) -> bool:
         """Whether ``u`` has had its converged warm-up (read from the device only once)."""
@@ -99,9 +101,14 @@ class CPLConv2d(CachedParametrization):
         return F.conv_transpose2d(x, self.kernel, padding=self.kernel_size // 2)
 
     def power_step(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step of the power iteration on K^T K: (u, v) <- (K^T v / ||.||, K u / ||.||)."""
+        """One step of the power iteration on K^T K: (u, v) <- (K^T v / ||.||, K u / ||.||).
+
+        If K u = 0 (a zero kernel, or u in its null space) u is kept: a zero u would stay
+        zero for good (no device sync: a ``where`` on the norm)."""
         v = normalized(self.conv(u))
-        return normalized(self.conv_adjoint(v)), v
+        w = self.conv_adjoint(v)
+        norm = w.norm()
+        return torch.where(norm > 0, w / norm.clamp_min(1e-30), u), v
 
     def start_vector(self, height: int, width: int) -> torch.Tensor:
         """``u``, zero-padded to cover an input of height x width if it is larger."""
@@ -123,9 +130,11 @@ class CPLConv2d(CachedParametrization):
         def gram(x: torch.Tensor) -> torch.Tensor:
             return F.conv_transpose2d(F.conv2d(x, kernel, padding=padding), kernel, padding=padding)
 
-        theta, y, _, _ = largest_eigenpair(
-            gram, u.double(), LANCZOS_CYCLE, EVAL_RTOL, EVAL_MAX_STEPS
-        )
+        start = u.double()
+        if not start.norm() > 0:  # Lanczos needs a nonzero start (a loaded zero buffer)
+            generator = torch.Generator().manual_seed(0)
+            start = torch.randn(u.shape, generator=generator, dtype=torch.float64).to(u.device)
+        theta, y, _, _ = largest_eigenpair(gram, start, LANCZOS_CYCLE, EVAL_RTOL, EVAL_MAX_STEPS)
         return theta, y
 
     @torch.no_grad()
@@ -136,15 +145,30 @@ class CPLConv2d(CachedParametrization):
         return u, normalized(self.conv(u))
 
     def spectral_norm(self, height: int | None = None, width: int | None = None) -> torch.Tensor:
-        """Eval-mode sigma = sqrt(theta) for inputs of height x width (default: ``input_size``)."""
+        """Converged estimate sqrt(theta) <= sigma for inputs of height x width (default:
+        ``input_size``), from ``u``; the eval scale uses ``guaranteed_norm`` instead."""
         u = self.start_vector(height or self.input_size, width or self.input_size)
         theta, _ = self.top_eigenpair(u)
         return theta.sqrt().to(self.kernel.dtype)
 
-    def eval_scale(self, height: int, width: int) -> torch.Tensor:
-        """r = 2 / (theta + 1e-6) in float64, cast to the kernel's dtype rounding down."""
-        theta, _ = self.top_eigenpair(self.start_vector(height, width))
-        return round_down(2 / (theta + EPS), self.kernel.dtype)
+    def guaranteed_norm(self, height: int, width: int) -> torch.Tensor:
+        """sigma_g >= sigma (float64) of the zero-padded conv on height x width inputs."""
+        return self.kernel_bound(self.kernel, height, width)
+
+    def kernel_bound(self, kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """``same_conv_bound`` of ``kernel``; for the eval kernel copy the value its eval
+        scale was computed from (kept with it: the dense check is not paid twice)."""
+        entry = self._eval_norms.get((height, width))
+        if entry is not None and entry[0] is kernel:
+            return entry[1]
+        return same_conv_bound(kernel, height, width)
+
+    def eval_scale(self, kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """r = 2 / ((1 + EVAL_SLACK) sigma_g^2 + 1e-6) for ``kernel`` in float64, cast to the
+        kernel's dtype rounding down: r sigma^2 < 2 / (1 + EVAL_SLACK) < 2."""
+        bound = same_conv_bound(kernel, height, width)
+        self._eval_norms = {(height, width): (kernel, bound)}
+        return round_down(2 / ((1 + EVAL_SLACK) * bound**2 + EPS), kernel.dtype)
 
     def training_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One power step from ``u`` (the eval estimate the first time), written to ``u``."""
@@ -162,7 +186,8 @@ class CPLConv2d(CachedParametrization):
         if not training:
             # A copy of the kernel: the cached scale is only valid for the kernel it was
             # computed from, even if the live one is edited behind the cache's back.
-            return self.kernel.detach().clone(), self.eval_scale(height, width)
+            kernel = self.kernel.detach().clone()
+            return kernel, self.eval_scale(kernel, height, width)
         u = self.start_vector(height, width)
         u, v = self.training_vectors() if u is self.u else self.converged_vectors(u)
         # sigma = <K u, v> is linear in K for constant u, v: sigma = <K, G> with G its

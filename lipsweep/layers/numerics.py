@@ -39,20 +39,23 @@ def bjorck_orthonormalize(
     iterations: int,
     u: torch.Tensor | None = None,
     power_iterations: int = 10,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Orthonormalise each matrix of a batch (..., m, n) with the Bjorck-Bowie iteration.
 
     W <- W (3I - W^T W) / 2 (beta = 0.5, order 1). Each step maps a singular value s to
-    1.5 s - 0.5 s^3, which stays in [0, 1] for s in [0, sqrt(3)], so after pre-scaling by the
-    power-iteration estimate of sigma_max (slightly low, never by a factor sqrt(3)) no singular
-    value ever exceeds 1. Without ``u`` the pre-scaling uses the Frobenius norm (an exact upper
-    bound). Works on the wide side if rows < cols.
+    1.5 s - 0.5 s^3, which maps [0, sqrt(3)] into [0, 1], so once the pre-scaled sigma_max is
+    at most sqrt(3) no singular value ever exceeds 1, converged or not. The pre-scaling divides
+    by ``scale`` (...,) if given (eval: the exact ``spectral_norm``, a guaranteed bound), else
+    by the power-iteration estimate from ``u`` (training: warm and cheap, but only an estimate
+    from below, wrong by more than sqrt(3) if ``u`` misses the top singular vector), else by
+    the Frobenius norm (an upper bound). Works on the wide side if rows < cols.
     """
     transpose = matrices.shape[-2] < matrices.shape[-1]
     w = matrices.mT if transpose else matrices
-    if u is None:
+    if scale is None and u is None:
         scale = torch.linalg.matrix_norm(w, ord="fro")
-    else:
+    elif scale is None:
         # u (..., n) lives on the column side of the (possibly transposed) matrix.
         scale, _, _ = matrix_power_iteration(w.detach(), u, power_iterations)
     w = w / scale[..., None, None].clamp_min(1e-12)
@@ -225,7 +228,22 @@ def cayley_transform(matrices: torch.Tensor) -> torch.Tensor:
     """
     skew = matrices - matrices.mH
     eye = torch.eye(matrices.shape[-1], dtype=matrices.dtype, device=matrices.device)
-    return 2 * torch.linalg.inv(eye + skew) - eye
+    return 2 * inverse(eye + skew) - eye
+
+
+CPU_BATCHED_INVERSE_LIMIT = 255  # larger CPU matrices are inverted one at a time
+
+
+def inverse(matrices: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.inv`` of a batch (..., n, n). On the CPU, batched inversion of n >= 256
+    fails in torch 2.13's MKL build ("Pivots given to lu_solve must all be greater or equal to
+    1", for real and complex dtypes alike), so those batches are inverted matrix by matrix
+    (Cayley's wide layers sit at small maps: a few dozen matrices at most)."""
+    n = matrices.shape[-1]
+    if matrices.device.type != "cpu" or n <= CPU_BATCHED_INVERSE_LIMIT or matrices.dim() == 2:
+        return torch.linalg.inv(matrices)
+    flat = matrices.reshape(-1, n, n)
+    return torch.stack([torch.linalg.inv(m) for m in flat]).reshape(matrices.shape)
 
 
 def fantastic_four_matrices(kernel: torch.Tensor) -> tuple[torch.Tensor, ...]:

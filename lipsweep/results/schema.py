@@ -32,7 +32,11 @@ ATTEMPT_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("eval_split", pa.string()),  # "val" in search, "test" in final
         *[(name, pa.float64()) for name in METRICS],
-        ("lipschitz_bound", pa.float64()),  # upper bound of the trained model (final stage)
+        # Final stage: the guaranteed Lipschitz bound of the trained eval model
+        # (lipsweep.bounds), and the L its CRA were certified with, max(1, bound), on float64
+        # logits. Null in search rows: their CRA (float32, L = 1) select trials, certify nothing.
+        ("lipschitz_bound", pa.float64()),
+        ("certified_lipschitz", pa.float64()),
         ("seconds_per_epoch", pa.float64()),
         ("calibration", pa.string()),  # how epochs were planned: "measure" or "paper-a100"
         ("train_throughput", pa.float64()),  # examples / s
@@ -40,6 +44,9 @@ ATTEMPT_SCHEMA = pa.schema(
         ("train_peak_bytes", pa.int64()),
         ("inference_peak_bytes", pa.int64()),
         ("device_seconds", pa.float64()),  # wall time the attempt held its devices
+        ("train_seconds", pa.float64()),  # of which training epochs (what the budget buys),
+        ("eval_seconds", pa.float64()),  # evaluations,
+        ("certify_seconds", pa.float64()),  # and the final certificate
         ("gpus", pa.float64()),  # devices per attempt (0 on CPU)
         ("gpu_hours", pa.float64()),  # device_seconds * max(gpus, 1) / 3600: the ledger entry
         ("device", pa.string()),

@@ -1,17 +1,23 @@
-"""Figures are written as non-empty PNG of the expected pixel size and as SVG."""
+"""Figures are written as non-empty PNG of the expected pixel size and as SVG, with readable
+axes (labels in words, tick labels on every axis, implausible values left out)."""
 
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 from PIL import Image
 
 from analysis.figures import (
     DPI,
+    MIN_PLAUSIBLE_BYTES,
     PANEL,
     RADAR_COLUMNS,
     RADAR_PANEL,
+    _line_panel,
     cra_gpu_hours_figure,
+    metric_label,
     radar_figure,
+    readable_y,
     speed_memory_figures,
 )
 
@@ -101,3 +107,41 @@ def test_cra_gpu_hours(tmp_path: Path) -> None:
     written = cra_gpu_hours_figure(frame, tmp_path)
     assert_image(written[0], PANEL[0], PANEL[1])  # the NaN model leaves one dataset
     assert_svg(written[1])
+
+
+def visible_ticks(axes) -> list[str]:
+    """The y tick labels matplotlib draws inside the axis range."""
+    low, high = axes.get_ylim()
+    axes.figure.canvas.draw()
+    return [t.get_text() for t in axes.get_yticklabels() if low <= t.get_position()[1] <= high]
+
+
+def test_a_narrow_range_gets_a_linear_axis_with_several_labels() -> None:
+    """Less than a factor LOG_SPAN apart: a log axis would show one label or none."""
+    axes = Figure().add_subplot()
+    axes.plot([0, 1, 2], [3.1, 3.6, 4.2])
+    readable_y(axes, [3.1, 3.6, 4.2])
+    assert axes.get_yscale() == "linear" and len(visible_ticks(axes)) >= 3
+
+
+def test_a_wide_range_gets_a_log_axis_with_plain_labels() -> None:
+    axes = Figure().add_subplot()
+    axes.plot([0, 1, 2], [0.5, 8.0, 300.0])
+    readable_y(axes, [0.5, 8.0, 300.0])
+    labels = visible_ticks(axes)
+    assert axes.get_yscale() == "log" and len(labels) >= 3
+    assert not any("10^" in label or "$" in label for label in labels), labels
+
+
+def test_implausible_memory_peaks_are_left_out() -> None:
+    frame = bench_frame()
+    frame.loc[0, "inference_peak_bytes"] = 8192  # 8 KiB: no model's inference fits in that
+    axes = Figure().add_subplot()
+    assert _line_panel(axes, frame, "inference_peak_bytes", GB) == 1
+    drawn = [y for line in axes.get_lines() for y in line.get_ydata()]
+    assert min(drawn) >= MIN_PLAUSIBLE_BYTES / GB
+
+
+def test_metric_labels_are_words() -> None:
+    assert metric_label("cra_36") == "certified robust accuracy at ε = 36/255 (%)"
+    assert metric_label("accuracy") == "clean accuracy (%)"

@@ -248,3 +248,13 @@ def test_spectral_matmul_equals_einsum_forward_and_backward() -> None:
     reference_grads = torch.autograd.grad(reference, (weight, x_hat), upstream)
     for mine, theirs in zip(ours_grads, reference_grads, strict=True):
         torch.testing.assert_close(mine, theirs)
+
+
+def test_cayley_transform_of_a_batch_of_wide_matrices() -> None:
+    """Cayley S/M/L have 256+ channels at 4 x 4 and 2 x 2: batches of 256 x 256 and larger,
+    which torch 2.13's CPU ``linalg.inv`` cannot invert in one call."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(3, 256, 256, generator=generator, dtype=torch.complex128)
+    q = cayley_transform(weight / weight.abs().square().sum().sqrt())
+    eye = torch.eye(256, dtype=torch.complex128).expand(3, 256, 256)
+    torch.testing.assert_close(q @ q.mH, eye, atol=1e-10, rtol=0)
