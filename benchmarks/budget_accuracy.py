@@ -1,8 +1,9 @@
 """How close does an attempt's time come to its budget?
 
-For each cell: calibrate (timed batches after a warm-up), turn the budget into epochs, train
-that many epochs, and compare the attempt's training time and total device time (training +
-evaluation + checkpoints) with the budget. Run from the project root:
+For each cell: calibrate (timed batches after a warm-up, one torch thread as the attempt runs),
+turn the budget into epochs, train that many epochs as a final run, and compare the attempt's
+training time (what the budget buys) and total device time (training + evaluation + the final
+certificate + checkpoints) with the budget. Run from the project root:
 
     .venv/bin/python benchmarks/budget_accuracy.py [--budget 60s] [--dataset digits]
 """
@@ -39,18 +40,13 @@ def main() -> None:
     train_examples = len(load_split(args.dataset, "train", data_dir))
     table = Table(title=f"attempt time vs a {args.budget} budget on {device} ({args.dataset})")
     for column in (
-        "method",
-        "s/epoch",
-        "epochs",
-        "train s",
-        "train/budget",
-        "device s",
-        "device/budget",
-    ):
+        "method", "s/epoch", "epochs", "train s", "train/budget", "eval s", "certify s",
+        "device s", "device/budget",
+    ):  # fmt: skip
         table.add_column(column, justify="right")
     for method in args.methods.split(","):
         calibration = calibrate_cell(
-            args.dataset, args.size, method, args.batch_size, train_examples, device
+            args.dataset, args.size, method, args.batch_size, train_examples, device, threads=1
         )
         epochs = calibration.epochs(budget)
         spec = TrialSpec(
@@ -74,6 +70,8 @@ def main() -> None:
             str(epochs),
             f"{outcome.train_seconds:.1f}",
             f"{outcome.train_seconds / budget:.3f}",
+            f"{outcome.eval_seconds:.1f}",
+            f"{outcome.certify_seconds:.1f}",
             f"{outcome.device_seconds:.1f}",
             f"{outcome.device_seconds / budget:.3f}",
         )

@@ -57,6 +57,7 @@ class SweepStatus:
     interrupted: int
     spent_hours: float
     damaged: list[Path]  # unreadable files under results/, skipped by every reader
+    train_share: float | None  # of the finished attempts' device time, the training epochs'
     driver: dict | None  # the live driver holding the sweep's lock (host, pid, since), if any
 
     @property
@@ -185,5 +186,17 @@ def sweep_status(folder: Path) -> SweepStatus:
         interrupted=sum(not p.alive for p in running),
         spent_hours=float(attempts["gpu_hours"].sum()) if not attempts.empty else 0.0,
         damaged=damaged_files(folder / "results"),
+        train_share=train_share(attempts),
         driver=driver_alive(folder),
     )
+
+
+def train_share(attempts: pd.DataFrame) -> float | None:
+    """Training epochs' share of the device time of the attempts that record both (the rest
+    is evaluation, the final certificate, checkpoints and start-up)."""
+    if attempts.empty or "train_seconds" not in attempts:
+        return None
+    known = attempts[attempts["train_seconds"].notna() & attempts["device_seconds"].gt(0)]
+    if known.empty:
+        return None
+    return float(known["train_seconds"].sum() / known["device_seconds"].sum())

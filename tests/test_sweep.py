@@ -153,6 +153,9 @@ def test_sweep_runs_search_select_final_into_parquet(tmp_path: Path, ray_session
     assert "digits-XS-aol" in text and "digits-XS-sll" in text
     assert text.count("2/2") == 2 and text.count("1/1") == 2 and "6 attempts finished" in text
     assert "nothing left to run" in text
+    share = sweep_status(tmp_path).train_share
+    assert share is not None and 0 < share < 1
+    assert f"{share:.0%} training, the rest evaluation and certificates" in text
     # Launching again finds everything done and runs nothing.
     launch(config, tmp_path)
     again = read_attempts(tmp_path)

@@ -61,10 +61,16 @@ def status_table(status: SweepStatus, jobs: dict[Cell, str] | None = None) -> Ta
         f"search: completed/trials; run: attempts running; val CRA: best validation CRA@36; "
         f"{unit}: {hours_unit(config)} spent, left: still needed. "
         f"{status.finished} attempts finished, {status.running} running, "
-        f"{status.interrupted} interrupted; {hours_unit(config)} {status.spent_hours:.3f}{cap}; "
-        f"{status.eta_text()}"
+        f"{status.interrupted} interrupted; {hours_unit(config)} {status.spent_hours:.3f}{cap}"
+        f"{training_text(status)}; {status.eta_text()}"
     )
     return table
+
+
+def training_text(status: SweepStatus) -> str:
+    if status.train_share is None:
+        return ""
+    return f" ({status.train_share:.0%} training, the rest evaluation and certificates)"
 
 
 def status_frame(status: SweepStatus, jobs: dict[Cell, str] | None = None) -> pd.DataFrame:
