@@ -73,8 +73,11 @@ ray_node() {
   local index=$1 tmp
   shift
   tmp=$(temp_dir "$index")
+  # srun itself in the background (not on_node: a function run with & is a subshell, and its
+  # PID is the subshell's, whose death leaves srun and `ray start --block` running). srun
+  # forwards the SIGTERM of stop_ray to its task, which stops the node's Ray processes.
   # shellcheck disable=SC2016 # expanded inside the step, on its node
-  on_node "${nodes[$index]}" bash -c '
+  srun --overlap --nodes=1 --ntasks=1 -w "${nodes[$index]}" bash -c '
     gpus=$(printf %s "${CUDA_VISIBLE_DEVICES:-}" | tr "," "\n" | grep -c . || true)
     mkdir -p "$0"
     exec env RAY_TMPDIR="$0" "$1" start --block "${@:2}" --num-cpus="${SLURM_CPUS_PER_TASK:-1}" \
@@ -83,7 +86,7 @@ ray_node() {
 }
 
 pids=()
-stop_ray() {  # the srun steps started here, by PID; then each node's temp dir
+stop_ray() {  # the srun steps started here, by their PIDs; then each node's temp dir
   [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2> /dev/null || true
   wait "${pids[@]}" 2> /dev/null || true
   pids=()

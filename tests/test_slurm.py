@@ -506,6 +506,16 @@ json.dump(
 '''
 
 
+def ray_processes_of(job_id: str) -> list[str]:
+    """Live processes whose command line names one of the job's Ray temp dirs."""
+    marker, found = f"/tmp/r{job_id}n", []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if marker in command:
+            found.append(f"{process.info['pid']}: {command[:120]}")
+    return found
+
+
 @pytest.mark.slow
 def test_ray_over_a_two_node_allocation_runs_a_sweep_on_both_nodes(
     slurm_two_nodes: str, tmp_path: Path
@@ -556,6 +566,12 @@ def test_ray_over_a_two_node_allocation_runs_a_sweep_on_both_nodes(
     temps = [f"/tmp/r{job_id}n{index}" for index in range(2)]
     assert probed["temp_dirs"] == temps
     assert not any(map(os.path.exists, temps)), "a Ray temp dir was left behind"
+    # Every Ray process of the job is gone with it (`ray start --block`, raylets, GCS, workers):
+    # none is left running with a command line or environment naming the job's temp dirs.
+    deadline = time.monotonic() + 30
+    while (left := ray_processes_of(job_id)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left, f"Ray processes outlived their job: {left}"
     attempts = read_attempts(out)
     assert len(attempts) == 3 and set(attempts["status"]) == {"completed"}
     assert sorted(attempts["epochs_done"]) == [1, 3, 3]
