@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+from scipy.stats import t as t_dist
 
 from lipsweep.budget import budget_seconds
 from lipsweep.layers.registry import SPECS, display_name
@@ -86,6 +87,15 @@ def load_trials(dirs: Sequence[Path], stage: Stage | None = "final") -> pd.DataF
     return last_attempts(attempts)
 
 
+def ci95_half_width(values: pd.Series) -> float:
+    """Half-width of the 95% confidence interval of the mean of ``values`` (Student's t over
+    seeds: t_{0.975, n-1} s / sqrt(n)); NaN for fewer than two values."""
+    values = values.dropna()
+    if len(values) < 2:
+        return float("nan")
+    return float(t_dist.ppf(0.975, len(values) - 1) * values.std(ddof=1) / len(values) ** 0.5)
+
+
 def _model_row(group: pd.DataFrame, metric: str, select: str) -> pd.Series:
     done = group[group["status"].eq("completed") & group[metric].notna()]
     if done.empty:
@@ -98,6 +108,9 @@ def _model_row(group: pd.DataFrame, metric: str, select: str) -> pd.Series:
         numeric = [c for c in [*METRICS, *SPEED_COLUMNS] if c in done]
         row[numeric] = done[numeric].astype(float).mean()
         row["status"] = "completed"
+        for metric_name in METRICS:
+            row[f"{metric_name}_ci95"] = ci95_half_width(done[metric_name].astype(float))
+    row["seeds"] = len(done)
     row["trials"] = len(group)
     row["gpu_hours"] = group["gpu_hours"].sum(min_count=1) if "gpu_hours" in group else None
     return row

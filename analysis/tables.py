@@ -105,11 +105,11 @@ def rich_top_models(ranked: pd.DataFrame, metric: str, limit: int, title: str) -
         out.add_column(column, justify="right")
     for _, row in ranked[ranked["rank"] <= limit].iterrows():
         accuracy = _cell(100.0 * row["accuracy"], False, False) if "accuracy" in row else "-"
+        value = _cell(100.0 * row[metric], False, False)
+        interval = row.get(f"{metric}_ci95")
+        if interval is not None and pd.notna(interval):  # several seeds: mean +- 95% interval
+            value = f"{value} ± {100.0 * interval:.1f}"
         out.add_row(
-            str(row["rank"]),
-            method_name(str(row["method"])),
-            str(row["size"]),
-            accuracy,
-            _cell(100.0 * row[metric], False, False),
+            str(row["rank"]), method_name(str(row["method"])), str(row["size"]), accuracy, value
         )
     return out

@@ -137,6 +137,7 @@ class SweepConfig:
     gpus_per_trial: float = 0.0
     cpus_per_trial: int = 1
     max_retries: int = 2  # new-seed retries of a NaN attempt
+    final_seeds: int = 1  # final runs per budget, each its own seed (the paper: 1)
     sampler: Literal["random", "tpe"] = "random"
     seed: int = 0
     batch_size: int = 256
@@ -282,6 +283,7 @@ def check_config(config: SweepConfig) -> None:
         ("final-epochs", config.final_epochs, 1),
         ("checkpoint-every", config.checkpoint_every_epochs, 1),
         ("max-retries", config.max_retries, 0),
+        ("final-seeds", config.final_seeds, 1),
         ("gpus-per-trial", config.gpus_per_trial, 0),
         ("seed", config.seed, 0),
     ):

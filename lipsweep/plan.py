@@ -77,7 +77,8 @@ def load_plan(folder: Path, cell: Cell) -> CellPlan | None:
 
 
 def planned_trials(config: SweepConfig, plans: list[CellPlan]) -> list[PlannedTrial]:
-    """Every trial of the sweep: ``trials`` search trials per cell, one final per budget."""
+    """Every trial of the sweep: ``trials`` search trials per cell, ``final_seeds`` finals per
+    budget (trial index = seed index; each final's seed is drawn from its trial id)."""
     trials = []
     for plan in plans:
         spe = plan.seconds_per_epoch
@@ -87,7 +88,9 @@ def planned_trials(config: SweepConfig, plans: list[CellPlan]) -> list[PlannedTr
                 PlannedTrial("search", plan.cell, config.search_budget, index, search, spe)
             )
         for budget in config.budgets:
-            trials.append(PlannedTrial("final", plan.cell, budget, 0, plan.epochs[budget], spe))
+            for index in range(config.final_seeds):
+                final = PlannedTrial("final", plan.cell, budget, index, plan.epochs[budget], spe)
+                trials.append(final)
     return trials
 
 

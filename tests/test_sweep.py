@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -30,7 +31,7 @@ from lipsweep.config import LR_RANGE, WEIGHT_DECAY_RANGE, SweepConfig
 from lipsweep.data import Batches
 from lipsweep.errors import InputError
 from lipsweep.names import Cell, TrialId
-from lipsweep.plan import CellPlan, save_plan
+from lipsweep.plan import CellPlan, planned_trials, save_plan
 from lipsweep.results import read_attempts, read_history
 from lipsweep.results.artifacts import load_model
 from lipsweep.results.rows import Provenance
@@ -49,6 +50,9 @@ CONFIG = SweepConfig(
     batch_size=256,
     checkpoint_every_epochs=1,
 )
+
+
+AOL_PLAN = CellPlan("digits", "XS", "aol", 1.0, {"1h": 2})
 
 
 def launch(config: SweepConfig, out: Path, lines: list[str] | None = None) -> None:
@@ -180,6 +184,23 @@ def test_sweep_runs_search_select_final_into_parquet(tmp_path: Path, ray_session
     assert (rerun.loc[others.index, "ended_at"] == others["ended_at"]).all()
     cell = f"t/digits-XS-{lost['method']}"
     assert len(optuna.load_study(study_name=cell, storage=storage).trials) == 2
+
+
+def test_final_seeds_train_each_budget_with_several_seeds(tmp_path: Path, ray_session) -> None:
+    """--final-seeds 2: two final runs of the selected hyperparameters, each its own seed and
+    row; plans, status and the model table count them, and the analysis gives an interval."""
+    from analysis.load import load_trials, model_results
+
+    config = replace(CONFIG, methods=("aol",), trials=1, final_seeds=2, max_examples=128)
+    assert sum(t.stage == "final" for t in planned_trials(config, [AOL_PLAN])) == 2
+    launch(config, tmp_path)
+    finals = read_attempts(tmp_path).query("stage == 'final'").sort_values("trial_index")
+    assert finals["trial_index"].tolist() == [0, 1] and set(finals["status"]) == {"completed"}
+    assert finals["seed"].nunique() == 2
+    assert finals["lr"].nunique() == 1 and finals["weight_decay"].nunique() == 1
+    assert "2/2" in status_text(tmp_path) and "nothing left to run" in status_text(tmp_path)
+    (model,) = model_results(load_trials([tmp_path])).itertuples()
+    assert model.seeds == 2 and not math.isnan(model.accuracy_ci95)
 
 
 def test_nan_and_out_of_memory_attempts_are_recorded_while_the_sweep_goes_on(

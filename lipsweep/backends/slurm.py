@@ -133,8 +133,9 @@ def finished_cells(config: SweepConfig, out: Path) -> set[str]:
     finals = ended_for_good(attempts[attempts["stage"] == "final"], config.max_retries)
     if finals.empty:
         return set()
-    ended = finals.groupby(["dataset", "size", "method"])["budget"].nunique()
-    return {Cell(*key).name for key, count in ended.items() if count == len(config.budgets)}
+    ended = finals.groupby(["dataset", "size", "method"])["trial_id"].nunique()
+    wanted = len(config.budgets) * config.final_seeds
+    return {Cell(*key).name for key, count in ended.items() if count == wanted}
 
 
 def submit_cells(

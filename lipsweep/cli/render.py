@@ -51,7 +51,7 @@ def status_table(status: SweepStatus, jobs: dict[Cell, str] | None = None) -> Ta
             str(cell.running),
             str(cell.search_failed),
             "-" if math.isnan(cell.best_val_cra) else f"{cell.best_val_cra:.3f}",
-            f"{cell.finals_done}/{len(config.budgets)}",
+            f"{cell.finals_done}/{len(config.budgets) * config.final_seeds}",
             f"{cell.device_hours:.3f}",
             "-" if cell.hours_left is None else f"{cell.hours_left:.3f}",
         ]
@@ -84,7 +84,7 @@ def status_frame(status: SweepStatus, jobs: dict[Cell, str] | None = None) -> pd
             "running": c.running,
             "best_val_cra_36": c.best_val_cra,
             "finals_completed": c.finals_done,
-            "finals": len(status.config.budgets),
+            "finals": len(status.config.budgets) * status.config.final_seeds,
             "device_hours": c.device_hours,
             "device_hours_left": c.hours_left,
             "slurm_job": (jobs or {}).get(c.cell),

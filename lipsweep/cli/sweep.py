@@ -42,6 +42,9 @@ BudgetOpt = Annotated[
     str | None, typer.Option(help="Final-run budget(s), e.g. 24h or 2h,10h,24h (default 24h).")
 ]
 TrialsOpt = Annotated[int | None, typer.Option(help="Search trials per cell (paper: 16).")]
+FinalSeedsOpt = Annotated[
+    int | None, typer.Option(help="Final runs per budget, each its own seed (paper: 1).")
+]
 SearchOpt = Annotated[str | None, typer.Option(help="Budget of each search trial (paper: 2h).")]
 PresetOpt = Annotated[str | None, typer.Option(help="paper (default) or quickstart.")]
 OutOpt = Annotated[Path, typer.Option(help="The sweep's folder (results, checkpoints, studies).")]
@@ -151,6 +154,7 @@ def launch(
     methods: MethodsOpt = None,
     budget: BudgetOpt = None,
     trials: TrialsOpt = None,
+    final_seeds: FinalSeedsOpt = None,
     search_budget: SearchOpt = None,
     calibration: Annotated[
         str, typer.Option(help="measure (this hardware) or paper-a100.")
@@ -246,6 +250,7 @@ def launch(
         out,
         **sweep_options(datasets, sizes, methods, budget, search_budget),
         trials=trials,
+        final_seeds=final_seeds,
         calibration=calibration,
         max_gpu_hours=max_gpu_hours,
         gpus_per_trial=gpus_per_trial,
@@ -290,6 +295,7 @@ def plan(
     methods: MethodsOpt = None,
     budget: BudgetOpt = None,
     trials: TrialsOpt = None,
+    final_seeds: FinalSeedsOpt = None,
     search_budget: SearchOpt = None,
     calibration: Annotated[
         str,
@@ -310,6 +316,7 @@ def plan(
         out,
         **sweep_options(datasets, sizes, methods, budget, search_budget),
         trials=trials,
+        final_seeds=final_seeds,
         calibration=calibration,
         gpus_per_trial=1.0,
         data_dir=str(data_dir) if data_dir else None,

@@ -1,11 +1,19 @@
 """Loading sweep folders: last completed attempt per trial, model rows, GPU-hours."""
 
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from analysis.load import gpu_hours_spent, load_attempts, load_trials, model_results
+from analysis.load import (
+    ci95_half_width,
+    gpu_hours_spent,
+    load_attempts,
+    load_trials,
+    model_results,
+)
 from lipsweep.results import write_attempt
 
 
@@ -63,3 +71,16 @@ def test_several_sweeps_and_empty(sweep: Path, tmp_path_factory: pytest.TempPath
     empty = tmp_path_factory.mktemp("empty")
     assert load_trials([empty]).empty
     assert model_results(load_trials([empty])).empty
+
+
+def test_seed_intervals(sweep: Path) -> None:
+    """Two seeds of aol: 0.60 and 0.50, mean 0.55, s = 0.0707, t(0.975, 1) = 12.706:
+    half-width 12.706 x 0.0707 / sqrt(2) = 0.6353. One seed: no interval."""
+    final = model_results(load_trials([sweep])).set_index("method")
+    assert final.loc["aol", "seeds"] == 2
+    assert final.loc["aol", "cra_36_ci95"] == pytest.approx(12.7062 * 0.05, rel=1e-4)
+    assert final.loc["aol", "accuracy_ci95"] == pytest.approx(12.7062 * 0.05, rel=1e-4)
+    assert final.loc["lot", "seeds"] == 0 and math.isnan(final.loc["lot", "cra_36_ci95"])
+    assert ci95_half_width(pd.Series([0.5])) != ci95_half_width(pd.Series([0.5]))  # NaN
+    three = ci95_half_width(pd.Series([0.1, 0.2, 0.3]))
+    assert three == pytest.approx(4.3027 * 0.1 / math.sqrt(3), rel=1e-4)
