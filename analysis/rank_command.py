@@ -8,12 +8,21 @@ from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
+from rich.table import Table
 
 from analysis.figures import cra_gpu_hours_figure, radar_figure, speed_memory_figures
-from analysis.load import MODEL_KEYS, gpu_hours_spent, load_attempts, load_trials, model_results
+from analysis.load import (
+    MODEL_KEYS,
+    gpu_hours_spent,
+    load_attempts,
+    load_trials,
+    method_name,
+    model_results,
+)
 from analysis.paper import paper_results, with_paper_speed
 from analysis.ranking import metric_for_radius, rank_methods, rank_models
 from analysis.ratings import ratings
+from analysis.stability import place_probabilities
 from analysis.tables import delta_table, rich_ranking, rich_table2, rich_top_models, table2
 from lipsweep.budget import budget_seconds
 
@@ -46,6 +55,24 @@ def print_ranking(
     for (dataset, budget), rows in ranked.groupby(["dataset", "budget"]):
         title = f"{source}: best models, {dataset}, {budget}"
         console.print(rich_top_models(rows, metric, max(top), title))
+
+
+def print_stability(
+    trials: pd.DataFrame, models: pd.DataFrame, top: Sequence[int], metric: str, console: Console
+) -> None:
+    """With several seeds per model: each method's most likely place by a bootstrap over the
+    seeds, its probability, and whether it is separated (held in >= 95% of the draws)."""
+    if "seeds" not in models or models["seeds"].max() < 2:
+        return
+    table = place_probabilities(trials, metric, top)
+    for budget, rows in table.groupby("budget", sort=False):
+        out = Table(title=f"ranking stability, budget {budget} (bootstrap over seeds)")
+        for column in ("Method", "place", "P(place)", "separated"):
+            out.add_column(column, justify="right")
+        for row in rows.itertuples():
+            mark = "yes" if row.separated else "[yellow]no[/]"
+            out.add_row(method_name(str(row.method)), str(row.place), f"{row.p:.0%}", mark)
+        console.print(out)
 
 
 def print_tables(table: pd.DataFrame, title: str, console: Console, signed: bool = False) -> None:
@@ -92,6 +119,8 @@ def run_rank(
         console.print(f"[red]error:[/] no completed final-stage results with {metric} in {source}")
         return 1
     print_ranking(models, top, metric, source, console)
+    if not paper:
+        print_stability(load_trials(dirs, stage="final"), models, top, metric, console)
     reference = paper_results()
     for label in sorted(models["budget"].unique(), key=budget_seconds):
         ours = table2(models, label, _table_metrics(metric))

@@ -201,6 +201,9 @@ def test_final_seeds_train_each_budget_with_several_seeds(tmp_path: Path, ray_se
     assert "2/2" in status_text(tmp_path) and "nothing left to run" in status_text(tmp_path)
     (model,) = model_results(load_trials([tmp_path])).itertuples()
     assert model.seeds == 2 and not math.isnan(model.accuracy_ci95)
+    ranked = CliRunner().invoke(app, ["rank", str(tmp_path)])
+    assert ranked.exit_code == 0, ranked.output
+    assert "ranking stability, budget 1h" in ranked.output and " ± " in ranked.output
 
 
 def test_nan_and_out_of_memory_attempts_are_recorded_while_the_sweep_goes_on(

@@ -1,0 +1,97 @@
+"""How stable the ranking is: a bootstrap over each model's seeds.
+
+With several final seeds per model (``--final-seeds``), one bootstrap draw resamples each
+model's seed values with replacement and takes their mean; the draw is then ranked exactly as
+the paper ranks (``analysis.ranking``: models by the metric within each dataset and budget, ties
+sharing the better rank, top-k counts per method, score = weighted counts, methods placed by
+score). Over ``samples`` draws this gives, per budget and method, the probability of each place
+and of each top-k count, and per (dataset, budget, size) the probability that one method's
+model beats another's. A model with one seed keeps its value in every draw (no spread is
+known), so a ranking of single-seed models is "separated" only by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import rankdata
+
+from analysis.ranking import DEFAULT_TOP, eligible, top_weights
+
+MODEL = ["dataset", "budget", "method", "size"]
+SEPARATED = 0.95  # a place held in at least this share of the draws counts as separated
+
+
+def seed_draws(trials: pd.DataFrame, metric: str, samples: int, seed: int) -> pd.DataFrame:
+    """(models x samples) bootstrap means of each model's seed values; index: MODEL keys."""
+    rng = np.random.default_rng(seed)
+    rows, keys = [], []
+    for key, group in eligible(trials, metric).groupby(MODEL):
+        values = group[metric].to_numpy(float)
+        picks = rng.integers(0, len(values), size=(samples, len(values)))
+        rows.append(values[picks].mean(axis=1))
+        keys.append(key)
+    index = pd.MultiIndex.from_tuples(keys, names=MODEL)
+    return pd.DataFrame(np.array(rows).reshape(len(keys), samples), index=index)
+
+
+def method_scores(draws: pd.DataFrame, top: Sequence[int]) -> dict[str, pd.DataFrame]:
+    """Per budget: (methods x samples) ranking scores of every draw."""
+    weights = top_weights(top)
+    scores = {}
+    for budget, rows in draws.groupby(level="budget"):
+        methods = sorted(rows.index.get_level_values("method").unique())
+        total = pd.DataFrame(0.0, index=methods, columns=draws.columns)
+        for _, group in rows.groupby(level="dataset"):
+            ranks = rankdata(-group.to_numpy(), method="min", axis=0)  # per draw, best = 1
+            owners = group.index.get_level_values("method")
+            for k, weight in weights.items():
+                hits = pd.DataFrame(ranks <= k, index=owners).groupby(level=0).sum()
+                total = total.add(weight * hits.reindex(methods, fill_value=0), fill_value=0)
+        scores[str(budget)] = total
+    return scores
+
+
+def place_probabilities(
+    trials: pd.DataFrame,
+    metric: str = "cra_36",
+    top: Sequence[int] = DEFAULT_TOP,
+    samples: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per budget and method: ``p_place<r>`` (the probability of place r by score), ``place``
+    (the most likely one), ``p`` (its probability) and ``separated`` (p >= SEPARATED)."""
+    parts = []
+    for budget, scores in method_scores(seed_draws(trials, metric, samples, seed), top).items():
+        places = rankdata(-scores.to_numpy(), method="min", axis=0)
+        table = pd.DataFrame(index=pd.Index(scores.index, name="method"))
+        for r in range(1, len(scores) + 1):
+            table[f"p_place{r}"] = (places == r).mean(axis=1)
+        probabilities = table.to_numpy()
+        table["place"] = probabilities.argmax(axis=1) + 1
+        table["p"] = probabilities.max(axis=1)
+        table["separated"] = table["p"] >= SEPARATED
+        parts.append(table.reset_index().assign(budget=budget).sort_values("place"))
+    if not parts:
+        return pd.DataFrame(columns=["budget", "method", "place", "p", "separated"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def beats(
+    trials: pd.DataFrame, metric: str = "cra_36", samples: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """Per (dataset, budget, size) and ordered pair of methods: the probability that A's model
+    has the higher metric than B's over the bootstrap draws (ties count half)."""
+    draws = seed_draws(trials, metric, samples, seed)
+    rows = []
+    for (dataset, budget, size), group in draws.groupby(level=["dataset", "budget", "size"]):
+        methods = group.index.get_level_values("method")
+        values = group.to_numpy()
+        for i, a in enumerate(methods):
+            for j, b in enumerate(methods):
+                if i != j:
+                    p = (values[i] > values[j]).mean() + 0.5 * (values[i] == values[j]).mean()
+                    rows.append((dataset, budget, size, a, b, float(p)))
+    return pd.DataFrame(rows, columns=["dataset", "budget", "size", "method", "other", "p_beats"])

@@ -1,0 +1,57 @@
+"""The bootstrap over seeds: known answers on hand-made rows, reproducible with a seed."""
+
+import pandas as pd
+import pytest
+
+from analysis.ranking import rank_methods
+from analysis.stability import SEPARATED, beats, place_probabilities, seed_draws
+
+
+def rows(values: dict[tuple[str, str], list[float]], dataset: str = "d") -> pd.DataFrame:
+    """One row per seed: {(method, size): [metric per seed]}."""
+    return pd.DataFrame(
+        [
+            {"dataset": dataset, "budget": "1h", "method": m, "size": s, "cra_36": v,
+             "status": "completed"}
+            for (m, s), seeds in values.items() for v in seeds
+        ]
+    )  # fmt: skip
+
+
+def test_single_seeds_give_the_ranking_itself_with_certainty() -> None:
+    trials = rows({("a", "XS"): [0.7], ("b", "XS"): [0.6], ("c", "XS"): [0.5], ("d", "XS"): [0.1],
+                   ("a", "S"): [0.2], ("b", "S"): [0.65]})  # fmt: skip
+    table = place_probabilities(trials, top=(1, 2), samples=50).set_index("method")
+    assert (table["p"] == 1.0).all() and table["separated"].all()
+    # Models of all sizes ranked together: a-XS 0.7, b-S 0.65, b-XS, c-XS, a-S, d-XS. Scores
+    # (weights 2, 1): a = 2 + 1 (top-1 and top-2), b = 1 (top-2), c = d = 0.
+    assert table["place"].to_dict() == {"a": 1, "b": 2, "c": 3, "d": 3}
+    scores = rank_methods(trials, top=(1, 2)).set_index("method")["score"]
+    assert scores.to_dict() == {"a": 3, "b": 1, "c": 0, "d": 0}
+
+
+def test_overlapping_seeds_are_not_separated_and_pairs_are_symmetric() -> None:
+    same = [0.50, 0.52, 0.54, 0.56]
+    trials = rows({("a", "XS"): same, ("b", "XS"): same, ("c", "XS"): [0.1, 0.11, 0.12]})
+    pairs = beats(trials, samples=2000, seed=1).set_index(["method", "other"])["p_beats"]
+    assert pairs[("a", "b")] + pairs[("b", "a")] == pytest.approx(1.0)
+    assert pairs[("a", "b")] == pytest.approx(0.5, abs=0.05)
+    assert pairs[("a", "c")] == 1.0 and pairs[("c", "a")] == 0.0
+    table = place_probabilities(trials, top=(1,), samples=2000, seed=1).set_index("method")
+    first = table["p_place1"]
+    assert first["a"] == pytest.approx(first["b"], abs=0.05)
+    assert first["a"] + first["b"] >= 1  # a tie places both first
+    assert first["a"] < SEPARATED and not table.loc[["a", "b"], "separated"].any()
+    assert table.loc["c", "p_place1"] == 0.0  # never first (it ties the loser of a and b)
+
+
+def test_draws_are_means_of_resampled_seeds_and_reproducible() -> None:
+    trials = rows({("a", "XS"): [0.0, 1.0], ("b", "XS"): [0.4]})
+    draws = seed_draws(trials, "cra_36", samples=4000, seed=7)
+    a = draws.loc[("d", "1h", "a", "XS")]
+    assert set(a.round(6)) <= {0.0, 0.5, 1.0}
+    assert (a == 0.5).mean() == pytest.approx(0.5, abs=0.03)  # 2 of 4 ordered picks
+    assert (draws.loc[("d", "1h", "b", "XS")] == 0.4).all()
+    again = seed_draws(trials, "cra_36", samples=4000, seed=7)
+    pd.testing.assert_frame_equal(draws, again)
+    assert not seed_draws(trials, "cra_36", samples=4000, seed=8).equals(draws)
