@@ -216,6 +216,9 @@ def cra_gpu_hours_figure(
             group = rows[rows["method"] == method]
             x, y = group[hours].to_numpy(float), 100.0 * group[metric].to_numpy(float)
             axes.scatter(x, y, color=method_color(method), label=method_name(method), s=18)
+            if f"{metric}_ci95" in group:  # several seeds: the 95% interval of the mean
+                errors = 100.0 * group[f"{metric}_ci95"].to_numpy(float)
+                axes.errorbar(x, y, yerr=errors, fmt="none", ecolor=method_color(method))
             budgets = group["budget"] if "budget" in group else [""] * len(group)
             for xi, yi, size, budget in zip(x, y, group["size"], budgets, strict=True):
                 text = f"{size} {budget}".strip() if budget != NO_BUDGET else str(size)
@@ -237,4 +240,61 @@ def cra_gpu_hours_figure(
         if dataset is not None:
             axes.set_title(dataset_name(dataset), fontsize=9)
     grid[-1].legend(fontsize=7)
+    return save(figure, out_dir / name)
+
+
+# (column, axis label, scale, lower is better) of the Pareto panels.
+PARETO_AXES: list[tuple[str, str, float, bool]] = [
+    ("gpu_hours_spent", "device-hours spent per model", 1.0, True),
+    ("inference_throughput", "inference throughput (examples/s)", 1.0, False),
+    ("train_peak_bytes", "training memory (GiB)", GIB, True),
+]
+
+
+def dominated(x: np.ndarray, y: np.ndarray, lower_x_better: bool) -> np.ndarray:
+    """Points another point beats on both axes (y higher is better; x per ``lower_x_better``):
+    at least as good on both and strictly better on one."""
+    x = x if lower_x_better else -x
+    at_least = (x[None, :] <= x[:, None]) & (y[None, :] >= y[:, None])
+    strictly = (x[None, :] < x[:, None]) | (y[None, :] > y[:, None])
+    return (at_least & strictly).any(axis=1)
+
+
+def pareto_figure(
+    frame: pd.DataFrame, out_dir: Path, metric: str = "cra_36", name: str = "pareto"
+) -> list[Path]:
+    """CRA against device-hours, inference throughput and training memory, one row of panels
+    per dataset: each model a point, the dominated ones grey, the front in its method's
+    colour; seed intervals as error bars where the rows have them."""
+    panels = [p for p in PARETO_AXES if _has_data(frame, p[0])]
+    if metric not in frame or not panels or frame[metric].notna().sum() == 0:
+        return []
+    points = frame[frame[metric].notna()]
+    datasets = _datasets(points)
+    figure = _figure(len(datasets), len(panels), PANEL)
+    grid = figure.subplots(len(datasets), len(panels), squeeze=False)
+    interval = f"{metric}_ci95"
+    for r, dataset in enumerate(datasets):
+        rows = _rows_of(points, dataset)
+        for c, (column, label, scale, lower) in enumerate(panels):
+            axes, usable = grid[r][c], rows[pd.to_numeric(rows[column], errors="coerce").gt(0)]
+            x = usable[column].to_numpy(float) / scale
+            y = 100.0 * usable[metric].to_numpy(float)
+            behind = dominated(x, y, lower)
+            for i, (_, row) in enumerate(usable.iterrows()):
+                color = "0.75" if behind[i] else method_color(str(row["method"]))
+                error = row.get(interval)
+                axes.errorbar(x[i], y[i], yerr=None if pd.isna(error) else 100.0 * error,
+                              fmt="o", color=color, markersize=4, capsize=2)  # fmt: skip
+                if not behind[i]:
+                    text = f"{method_name(str(row['method']))} {row['size']}"
+                    axes.annotate(text, (x[i], y[i]), fontsize=6, xytext=(3, 3),
+                                  textcoords="offset points")  # fmt: skip
+            if len(x) and x.max() / x.min() >= LOG_SPAN:
+                axes.set_xscale("log")
+            axes.set_xlabel(label, fontsize=8)
+            axes.set_ylabel(metric_label(metric), fontsize=8)
+            axes.grid(True, alpha=0.3)
+            if dataset is not None:
+                axes.set_title(f"{dataset_name(dataset)}: grey = dominated", fontsize=9)
     return save(figure, out_dir / name)

@@ -10,7 +10,12 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from analysis.figures import cra_gpu_hours_figure, radar_figure, speed_memory_figures
+from analysis.figures import (
+    cra_gpu_hours_figure,
+    pareto_figure,
+    radar_figure,
+    speed_memory_figures,
+)
 from analysis.load import (
     MODEL_KEYS,
     gpu_hours_spent,
@@ -85,6 +90,7 @@ def write_figures(models: pd.DataFrame, metric: str, out: Path) -> list[Path]:
     written = radar_figure(ratings(models, metric), out)
     written += speed_memory_figures(models, out)
     written += cra_gpu_hours_figure(models, out, metric)
+    written += pareto_figure(models, out, metric)
     return written
 
 
@@ -133,5 +139,8 @@ def run_rank(
     out = out if out is not None else (dirs[0] / "analysis" if dirs and not paper else None)
     if out is not None:
         written = write_figures(models, metric, out)
-        console.print(f"wrote {len(written)} figure files to {out}")
+        console.print(f"wrote {len(written)} figure files to {out}:")
+        for path in written:
+            if path.suffix == ".png":
+                console.print(f"  {path} (and .svg)", highlight=False, soft_wrap=True)
     return 0

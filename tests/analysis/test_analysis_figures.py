@@ -3,6 +3,7 @@ axes (labels in words, tick labels on every axis, implausible values left out)."
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
@@ -15,7 +16,9 @@ from analysis.figures import (
     RADAR_PANEL,
     _line_panel,
     cra_gpu_hours_figure,
+    dominated,
     metric_label,
+    pareto_figure,
     radar_figure,
     readable_y,
     speed_memory_figures,
@@ -145,3 +148,21 @@ def test_implausible_memory_peaks_are_left_out() -> None:
 def test_metric_labels_are_words() -> None:
     assert metric_label("cra_36") == "certified robust accuracy at ε = 36/255 (%)"
     assert metric_label("accuracy") == "clean accuracy (%)"
+
+
+def test_dominated_points() -> None:
+    """(hours, CRA): (1, 50) and (4, 70) are the front; (2, 40) loses to (1, 50) on both,
+    (4, 60) to (4, 70) on CRA at equal hours. Higher throughput is better instead."""
+    x, y = np.array([1.0, 2.0, 4.0, 4.0]), np.array([50.0, 40.0, 70.0, 60.0])
+    assert dominated(x, y, lower_x_better=True).tolist() == [False, True, False, True]
+    assert dominated(x, y, lower_x_better=False).tolist() == [True, True, False, True]
+
+
+def test_pareto_figure(tmp_path: Path) -> None:
+    frame = bench_frame().assign(dataset="cifar10", gpu_hours_spent=2.0)
+    frame["cra_36"] = [0.5 + 0.01 * i for i in range(len(frame))]
+    frame["cra_36_ci95"] = 0.02
+    written = pareto_figure(frame, tmp_path)
+    assert_image(written[0], 3 * PANEL[0], PANEL[1])  # hours, throughput, memory
+    assert_svg(written[1])
+    assert pareto_figure(frame.drop(columns="cra_36"), tmp_path / "none") == []

@@ -29,7 +29,8 @@ def test_rank_real_sweep_writes_figures(real_sweep: Path, tmp_path: Path) -> Non
     assert "SOC" in text and "CPL" in text
     assert "LOT" in text  # listed with zero counts, its OOM trial left out
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"training_time.png", "training_time.svg", "cra_gpu_hours.png"} <= names
+    assert {"training_time.png", "training_time.svg", "cra_gpu_hours.png", "pareto.png"} <= names
+    assert f"{tmp_path / 'pareto.png'} (and .svg)" in " ".join(text.split())
 
 
 def test_rank_empty_folder_fails(tmp_path: Path) -> None:
