@@ -43,3 +43,6 @@ def test_notebook_runs(real_sweep: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert (tmp_path / "figures" / "radar.png").is_file()
+    assert (tmp_path / "figures" / "pareto.png").is_file()
+    shown = " ".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert "cra_36_ci95" in shown and "p_place1" in shown  # the seed intervals and stability
