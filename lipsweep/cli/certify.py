@@ -1,4 +1,5 @@
-"""`lipsweep certify`: the certificate of trained models, checked by an attack."""
+"""`lipsweep certify` (the certificate of trained models, checked by an attack) and
+`lipsweep audit` (the Lipschitz audit of a layer class)."""
 
 from __future__ import annotations
 
@@ -77,8 +78,9 @@ def certify(
     if flipped:
         err_console.print(
             f"[bold red]error:[/] the attack flipped {flipped} certified point(s): a certificate "
-            "is unsound (a bug in lipsweep: please report it with this model)"
-        )
+            "is unsound (a bug in lipsweep: please report it with this model)",
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
         raise typer.Exit(1)
 
 
@@ -197,5 +199,42 @@ def write_records(records: list[dict[str, Any]], out: Path) -> None:
     write_atomic(out, lambda temporary: pq.write_table(table, temporary))
 
 
+def audit(
+    methods: Annotated[
+        list[str] | None,
+        typer.Argument(help="Methods (default: all) or import paths such as mypkg.layers:MyConv."),
+    ] = None,
+    kernel_size: Annotated[int, typer.Option(help="Kernel size of the audited layers.")] = 3,
+    channels: Annotated[int, typer.Option(help="Channels of the audited layers.")] = 4,
+) -> None:
+    """Audit layers for 1-Lipschitzness: exact Jacobians (train and eval, before and after
+    adversarial steps), the eval cache, the guaranteed bound. Exit 1 if a layer fails."""
+    from lipsweep.audit import audit_layer, layer_class
+    from lipsweep.layers.registry import METHODS
+
+    at_least("--kernel-size", kernel_size, 1)
+    at_least("--channels", channels, 2)
+    names = methods or list(METHODS)
+    classes = {name: layer_class(name) for name in names}  # import errors before any work
+    table = Table(title=f"Lipschitz audit, {channels} channels, k = {kernel_size}, float64")
+    for column in ("method", "check", "measured", "limit", "verdict"):
+        table.add_column(column, justify="right")
+    failures = []
+    for name, cls in classes.items():
+        for check in audit_layer(cls, channels, kernel_size):
+            verdict = "ok" if check.passed else "[bold red]FAIL[/]"
+            table.add_row(name, check.name, f"{check.value:.6g}", f"{check.limit:.6g}", verdict)
+            if not check.passed:
+                failures.append(f"{name}: {check.name} {check.value:.6g} > {check.limit:.6g}")
+    console.print(table)
+    if failures:
+        err_console.print(
+            f"[bold red]error:[/] not 1-Lipschitz: {'; '.join(failures)}",
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(certify)
+    app.command()(audit)
