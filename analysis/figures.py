@@ -135,6 +135,18 @@ def _line_panel(axes: Axes, rows: pd.DataFrame, column: str, scale: float) -> in
     return int(implausible.sum())
 
 
+def readable_x(axes: Axes, values: list[float]) -> None:
+    """``readable_y`` for the x axis."""
+    if values and min(values) > 0 and max(values) / min(values) >= LOG_SPAN:
+        axes.set_xscale("log")
+        axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axes.xaxis.set_minor_formatter(NullFormatter())
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    axes.xaxis.set_major_formatter(formatter)
+    axes.tick_params(axis="x", labelsize=7)
+
+
 def readable_y(axes: Axes, values: list[float]) -> None:
     """A log y axis when the values span LOG_SPAN or more, else linear; plain tick labels."""
     if values and max(values) / min(values) >= LOG_SPAN:
@@ -162,7 +174,9 @@ def _panels(
                 axes.text(0.02, 0.02, note, transform=axes.transAxes, fontsize=6, color="0.4")
             if dataset is not None:
                 axes.set_title(dataset_name(dataset), fontsize=9)
-    grid[0][-1].legend(fontsize=7)
+    # The legend of the panel with the most methods (a panel may lack some: left out values).
+    fullest = max((axes for row in grid for axes in row), key=lambda a: len(a.get_lines()))
+    fullest.legend(fontsize=7)
     return save(figure, stem)
 
 
@@ -223,12 +237,7 @@ def cra_gpu_hours_figure(
             for xi, yi, size, budget in zip(x, y, group["size"], budgets, strict=True):
                 text = f"{size} {budget}".strip() if budget != NO_BUDGET else str(size)
                 axes.annotate(text, (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
-        all_hours = rows[hours].to_numpy(float)
-        if len(all_hours) and all_hours.max() / all_hours.min() >= LOG_SPAN:
-            axes.set_xscale("log")
-            axes.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
-            axes.xaxis.set_minor_formatter(NullFormatter())
-        axes.tick_params(axis="x", labelsize=7)
+        readable_x(axes, rows[hours].to_numpy(float).tolist())
         axes.set_xlabel(f"{unit} spent per model", fontsize=8)
         axes.set_ylabel(metric_label(metric), fontsize=8)
         top = 100.0 * rows[metric].max() if len(rows) else 0.0
@@ -290,8 +299,7 @@ def pareto_figure(
                     text = f"{method_name(str(row['method']))} {row['size']}"
                     axes.annotate(text, (x[i], y[i]), fontsize=6, xytext=(3, 3),
                                   textcoords="offset points")  # fmt: skip
-            if len(x) and x.max() / x.min() >= LOG_SPAN:
-                axes.set_xscale("log")
+            readable_x(axes, x.tolist())
             axes.set_xlabel(label, fontsize=8)
             axes.set_ylabel(metric_label(metric), fontsize=8)
             axes.grid(True, alpha=0.3)
