@@ -183,6 +183,17 @@ def test_plan_of_the_paper_protocol_needs_no_data(tmp_path: Path) -> None:
     assert "left out" in text and "lot-L on cifar10 did not fit in 80 GB" in text
     assert "cells: 81, search trials: 1296, final trials: 81" in text
     assert "GPU-hours (no retries): 4536," in text  # 81 x (16 x 2h + 24h)
+    assert 'plan of sweep "sweep"' in text  # the default folder's name, quoted
+    seeds = run(
+        "plan",
+        "--budget",
+        "24h",
+        "--final-seeds",
+        "3",
+        env={"LIPSWEEP_DATA": str(tmp_path)},
+        cwd=tmp_path,
+    )
+    assert "final trials: 243" in " ".join(seeds.stdout.split())  # 81 cells x 3 seeds
 
 
 def test_launch_refuses_an_unwritable_out(tmp_path: Path) -> None:

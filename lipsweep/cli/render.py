@@ -19,7 +19,7 @@ from lipsweep.status import SweepStatus, sweep_status
 
 def plan_table(config: SweepConfig, plans: list[CellPlan], devices: int) -> Table:
     how = sorted({plan.how for plan in plans if plan.how}) or [config.calibration]
-    table = Table(title=f"plan of sweep {config.sweep_id} (epochs from {', '.join(how)})")
+    table = Table(title=f'plan of sweep "{config.sweep_id}" (epochs from {", ".join(how)})')
     table.add_column("cell")
     table.add_column("s/epoch", justify="right")
     table.add_column(f"search {config.search_budget}", justify="right")
