@@ -5,7 +5,7 @@ model's seed values with replacement and takes their mean; the draw is then rank
 the paper ranks (``analysis.ranking``: models by the metric within each dataset and budget, ties
 sharing the better rank, top-k counts per method, score = weighted counts, methods placed by
 score). Over ``samples`` draws this gives, per budget and method, the probability of each place
-and of each top-k count, and per (dataset, budget, size) the probability that one method's
+(``place_probabilities``) and of each top-k count (``count_probabilities``), and per (dataset, budget, size) the probability that one method's
 model beats another's. A model with one seed keeps its value in every draw (no spread is
 known), so a ranking of single-seed models is "separated" only by construction.
 """
@@ -37,21 +37,48 @@ def seed_draws(trials: pd.DataFrame, metric: str, samples: int, seed: int) -> pd
     return pd.DataFrame(np.array(rows).reshape(len(keys), samples), index=index)
 
 
-def method_scores(draws: pd.DataFrame, top: Sequence[int]) -> dict[str, pd.DataFrame]:
-    """Per budget: (methods x samples) ranking scores of every draw."""
-    weights = top_weights(top)
-    scores = {}
+def topk_draws(draws: pd.DataFrame, top: Sequence[int]) -> dict[str, dict[int, pd.DataFrame]]:
+    """Per budget and k: (methods x samples) top-k counts of every draw (cumulative, summed
+    over the budget's datasets, as ``analysis.ranking.top_k_counts``)."""
+    counts: dict[str, dict[int, pd.DataFrame]] = {}
     for budget, rows in draws.groupby(level="budget"):
         methods = sorted(rows.index.get_level_values("method").unique())
-        total = pd.DataFrame(0.0, index=methods, columns=draws.columns)
+        per_k = {k: pd.DataFrame(0, index=methods, columns=draws.columns) for k in top}
         for _, group in rows.groupby(level="dataset"):
             ranks = rankdata(-group.to_numpy(), method="min", axis=0)  # per draw, best = 1
             owners = group.index.get_level_values("method")
-            for k, weight in weights.items():
+            for k in top:
                 hits = pd.DataFrame(ranks <= k, index=owners).groupby(level=0).sum()
-                total = total.add(weight * hits.reindex(methods, fill_value=0), fill_value=0)
-        scores[str(budget)] = total
-    return scores
+                per_k[k] = per_k[k].add(hits.reindex(methods, fill_value=0), fill_value=0)
+        counts[str(budget)] = per_k
+    return counts
+
+
+def method_scores(draws: pd.DataFrame, top: Sequence[int]) -> dict[str, pd.DataFrame]:
+    """Per budget: (methods x samples) ranking scores of every draw."""
+    weights = top_weights(top)
+    return {
+        budget: sum(weights[k] * per_k[k] for k in weights)
+        for budget, per_k in topk_draws(draws, sorted(weights)).items()
+    }
+
+
+def count_probabilities(
+    trials: pd.DataFrame,
+    metric: str = "cra_36",
+    top: Sequence[int] = DEFAULT_TOP,
+    samples: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per budget, method and k: the probability of each top-k count (rows budget, method, k,
+    count, p; counts that never occur are left out)."""
+    rows = []
+    for budget, per_k in topk_draws(seed_draws(trials, metric, samples, seed), top).items():
+        for k, counts in per_k.items():
+            for method, values in counts.iterrows():
+                for count, p in values.value_counts(normalize=True).sort_index().items():
+                    rows.append((budget, method, k, int(count), float(p)))
+    return pd.DataFrame(rows, columns=["budget", "method", "k", "count", "p"])
 
 
 def place_probabilities(

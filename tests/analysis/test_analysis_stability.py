@@ -4,7 +4,13 @@ import pandas as pd
 import pytest
 
 from analysis.ranking import rank_methods
-from analysis.stability import SEPARATED, beats, place_probabilities, seed_draws
+from analysis.stability import (
+    SEPARATED,
+    beats,
+    count_probabilities,
+    place_probabilities,
+    seed_draws,
+)
 
 
 def rows(values: dict[tuple[str, str], list[float]], dataset: str = "d") -> pd.DataFrame:
@@ -55,3 +61,18 @@ def test_draws_are_means_of_resampled_seeds_and_reproducible() -> None:
     again = seed_draws(trials, "cra_36", samples=4000, seed=7)
     pd.testing.assert_frame_equal(draws, again)
     assert not seed_draws(trials, "cra_36", samples=4000, seed=8).equals(draws)
+
+
+def test_top_k_count_probabilities() -> None:
+    """a and b have identical seeds: each is top-1 with probability ~1/2 (plus the ties, where
+    both are); c never is. Every method's count distribution sums to 1."""
+    same = [0.50, 0.52, 0.54, 0.56]
+    trials = rows({("a", "XS"): same, ("b", "XS"): same, ("c", "XS"): [0.1, 0.11]})
+    table = count_probabilities(trials, top=(1, 3), samples=2000, seed=2)
+    totals = table.groupby(["method", "k"])["p"].sum()
+    assert totals.to_numpy() == pytest.approx(1.0)
+    first = table[table["k"] == 1].set_index(["method", "count"])["p"]
+    assert first[("a", 1)] == pytest.approx(first[("b", 1)], abs=0.05)
+    assert first[("c", 0)] == 1.0
+    three = table[table["k"] == 3].set_index(["method", "count"])["p"]
+    assert three[("a", 1)] == three[("b", 1)] == three[("c", 1)] == 1.0  # 3 models: all in
