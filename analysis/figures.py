@@ -136,26 +136,25 @@ def _line_panel(axes: Axes, rows: pd.DataFrame, column: str, scale: float) -> in
 
 
 def readable_x(axes: Axes, values: list[float]) -> None:
-    """``readable_y`` for the x axis."""
-    if values and min(values) > 0 and max(values) / min(values) >= LOG_SPAN:
-        axes.set_xscale("log")
-        axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        axes.xaxis.set_minor_formatter(NullFormatter())
-    formatter = ScalarFormatter()
-    formatter.set_scientific(False)
-    axes.xaxis.set_major_formatter(formatter)
+    readable_axis(axes, "x", values)
     axes.tick_params(axis="x", labelsize=7)
 
 
 def readable_y(axes: Axes, values: list[float]) -> None:
-    """A log y axis when the values span LOG_SPAN or more, else linear; plain tick labels."""
-    if values and max(values) / min(values) >= LOG_SPAN:
-        axes.set_yscale("log")
-        axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        axes.yaxis.set_minor_formatter(NullFormatter())
+    readable_axis(axes, "y", values)
+
+
+def readable_axis(axes: Axes, which: str, values: list[float]) -> None:
+    """A log ``which`` ("x" or "y") axis when the values span LOG_SPAN or more, else linear;
+    plain tick labels either way."""
+    axis = axes.xaxis if which == "x" else axes.yaxis
+    if values and min(values) > 0 and max(values) / min(values) >= LOG_SPAN:
+        (axes.set_xscale if which == "x" else axes.set_yscale)("log")
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_minor_formatter(NullFormatter())
     formatter = ScalarFormatter()
     formatter.set_scientific(False)
-    axes.yaxis.set_major_formatter(formatter)
+    axis.set_major_formatter(formatter)
 
 
 def _panels(

@@ -336,9 +336,10 @@ def certify_model(
     metrics = evaluate_logits(logits, labels, lipschitz, GAP_SLACK)
     seconds["certify"] = time.perf_counter() - start
     start = time.perf_counter()
+    x, y = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
     radii = [
-        check_radius(checked, batches, logits, eps, lipschitz, attack, attack_steps, attack_limit,
-                     progress)
+        check_radius(checked, (x, y.to(x.device)), len(batches[0][0]), logits, eps, lipschitz,
+                     attack, attack_steps, attack_limit, progress)
         for eps in RADII
     ]  # fmt: skip
     seconds["attack"] = time.perf_counter() - start
@@ -347,7 +348,8 @@ def certify_model(
 
 def check_radius(
     model: nn.Module,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    data: tuple[torch.Tensor, torch.Tensor],
+    size: int,
     logits: torch.Tensor,
     eps: float,
     lipschitz: float,
@@ -356,15 +358,14 @@ def check_radius(
     limit: int | None,
     progress: Progress | None = None,
 ) -> RadiusCheck:
-    """Count the points certified at eps and attack them (``certify_model``)."""
-    x = torch.cat([x for x, _ in batches])
-    y = torch.cat([y for _, y in batches]).to(x.device)
+    """Count the points certified at eps and attack them, ``size`` at a time (``certify_model``)."""
+    x, y = data
     mask = certified(logits, y.cpu(), eps, lipschitz, GAP_SLACK).to(x.device)
     targets = mask.nonzero().flatten()
     if not attack:
         return RadiusCheck(eps, len(targets), 0, 0)
     targets = targets[:limit] if limit is not None else targets
-    flipped, done, size = 0, 0, len(batches[0][0])
+    flipped, done = 0, 0
     for chunk in targets.split(size) if len(targets) else ():
         adversarial = pgd_l2_attack(model, x[chunk], y[chunk], eps, steps)
         with torch.no_grad():
