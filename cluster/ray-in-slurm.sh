@@ -28,10 +28,11 @@
 #
 # Tested (tests/test_slurm.py) in a two-node allocation of a SLURM on one machine (two slurmd
 # daemons: cluster/slurm-single-node.sh start DIR 2): both Ray nodes join with their own CPUs, a
-# sweep driven by `lipsweep launch --backend ray --address` runs two trials at once (one per
-# node), a client with a wrong token is refused, no dashboard port is open, the temp dirs are
-# made and removed. Not tested: nodes on different machines (the address choice on a real
-# network, the token crossing hosts), GPUs, several jobs sharing a node.
+# sweep driven by `lipsweep launch --backend ray --address` runs its two trials on the two
+# nodes, a client with a wrong token is refused, no dashboard port is open, the temp dirs are
+# made and removed, and no Ray step outlives the stop (one did when the kill reached a wrapper
+# subshell). Not tested: nodes on different machines (the address choice on a real network, the
+# token crossing hosts), GPUs, several jobs sharing a node.
 set -euo pipefail
 : "${SLURM_JOB_ID:?run inside a SLURM allocation}"
 [ $# -ge 1 ] || { echo "usage: $0 COMMAND..." >&2; exit 2; }
@@ -85,10 +86,28 @@ ray_node() {
   pids+=($!)
 }
 
+# The job's numbered steps SLURM still runs (not its batch or extern step).
+running_steps() {
+  squeue --noheader --steps --jobs="$SLURM_JOB_ID" --format=%i 2> /dev/null | grep -E '\.[0-9]+$' || true
+}
 pids=()
 stop_ray() {  # the srun steps started here, by their PIDs; then each node's temp dir
-  [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2> /dev/null || true
-  wait "${pids[@]}" 2> /dev/null || true
+  local left waited=0
+  if [ ${#pids[@]} -gt 0 ]; then
+    kill "${pids[@]}" 2> /dev/null || true
+    wait "${pids[@]}" 2> /dev/null || true
+    # Stopped means SLURM runs none of the Ray steps any more (a killed wrapper whose srun and
+    # `ray start --block` live on would leave them running): say so, or name the ones left.
+    while left=$(running_steps) && [ -n "$left" ] && [ "$waited" -lt 30 ]; do
+      sleep 1
+      waited=$((waited + 1))
+    done
+    if [ -n "$left" ]; then
+      echo "ray-in-slurm: warning: steps $(echo $left) still run $waited s after Ray was stopped" >&2
+    else
+      echo "ray-in-slurm: Ray stopped on ${#pids[@]} nodes, no step left"
+    fi
+  fi
   pids=()
   local index
   for index in "${!nodes[@]}"; do

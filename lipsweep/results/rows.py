@@ -88,6 +88,7 @@ def attempt_row(
         "git_commit": prov.git_commit,
         "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+        "slurm_node": os.environ.get("SLURMD_NODENAME", ""),
         "started_at": pd.Timestamp(outcome.started_at),
         "ended_at": pd.Timestamp(outcome.ended_at),
     }

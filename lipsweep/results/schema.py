@@ -54,6 +54,7 @@ ATTEMPT_SCHEMA = pa.schema(
         ("git_commit", pa.string()),
         ("host", pa.string()),
         ("slurm_job_id", pa.string()),
+        ("slurm_node", pa.string()),  # the SLURM node that ran it (SLURMD_NODENAME)
         ("started_at", pa.timestamp("s", tz="UTC")),
         ("ended_at", pa.timestamp("s", tz="UTC")),
     ]
