@@ -82,9 +82,16 @@ def _rows_of(frame: pd.DataFrame, dataset: str | None) -> pd.DataFrame:
     return frame if dataset is None else frame[frame["dataset"] == dataset]
 
 
-def radar_figure(table: pd.DataFrame, out_dir: Path, name: str = "radar") -> list[Path]:
+def radar_figure(
+    table: pd.DataFrame,
+    out_dir: Path,
+    name: str = "radar",
+    intervals: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+) -> list[Path]:
     """One radar per method of a ``ratings.ratings`` table (criteria without any rating are
-    left out; a method's missing rating is drawn at 0)."""
+    left out; a method's missing rating is drawn at 0). ``intervals`` (low, high tables of the
+    same shape, ``analysis.stability.rating_intervals``) are drawn as a band around the line:
+    the ratings the method gets in 95% of the bootstrap draws over seeds."""
     table = table.dropna(axis=1, how="all")
     if table.empty or table.shape[1] < 3:
         return []
@@ -92,22 +99,40 @@ def radar_figure(table: pd.DataFrame, out_dir: Path, name: str = "radar") -> lis
     rows = math.ceil(len(table) / columns)
     figure = _figure(rows, columns, RADAR_PANEL)
     angles = np.linspace(0.0, 2 * np.pi, table.shape[1], endpoint=False)
-    for i, (method, values) in enumerate(table.fillna(0.0).iterrows()):
+    around = np.append(angles, angles[0])
+
+    def closed(values: pd.Series) -> np.ndarray:  # the first criterion again, to close the line
+        values = values.fillna(0.0).to_numpy(float)
+        return np.append(values, values[0])
+
+    if intervals is not None:
+        low, high = (b.reindex(index=table.index, columns=table.columns) for b in intervals)
+    for i, (method, values) in enumerate(table.iterrows()):
         axes = figure.add_subplot(rows, columns, i + 1, projection="polar")
-        closed = np.append(values.to_numpy(float), values.iloc[0])
         color = method_color(str(method))
-        axes.plot(np.append(angles, angles[0]), closed, color=color)
-        axes.fill(np.append(angles, angles[0]), closed, color=color, alpha=0.3)
+        axes.plot(around, closed(values), color=color)
+        if intervals is None:
+            axes.fill(around, closed(values), color=color, alpha=0.3)
+        else:
+            axes.fill_between(
+                around, closed(low.loc[method]), closed(high.loc[method]), color=color, alpha=0.3
+            )
         axes.set_xticks(angles, [c.replace(" ", "\n") for c in table.columns], fontsize=6)
         axes.set_ylim(0, 5)
         axes.set_yticks([1, 2, 3, 4, 5], ["1", "2", "3", "4", "5"], fontsize=5, color="0.4")
         axes.set_title(method_name(str(method)), fontsize=9)
-    figure.suptitle("ratings 1 (worst) to 5 (best): outward is better", fontsize=9)
+    title = "ratings 1 (worst) to 5 (best): outward is better"
+    if intervals is not None:
+        title += "; band: 95% of bootstrap draws over seeds"
+    figure.suptitle(title, fontsize=9)
     return save(figure, out_dir / name)
 
 
 def _line_panel(axes: Axes, rows: pd.DataFrame, column: str, scale: float) -> int:
-    """One line per method over the sizes; returns how many implausible values it left out."""
+    """One line per method over the sizes; returns how many implausible values it left out.
+
+    Several model rows of a (method, size) (budgets) are drawn at their median; with seeds
+    (a ``<column>_ci95`` column), the widest 95% interval of those rows as an error bar."""
     sizes = size_order(rows["size"])
     positions = {size: i for i, size in enumerate(sizes)}
     values_of = pd.to_numeric(rows[column], errors="coerce")
@@ -121,13 +146,13 @@ def _line_panel(axes: Axes, rows: pd.DataFrame, column: str, scale: float) -> in
             continue
         order = sorted(values.index, key=positions.__getitem__)
         drawn += values[order].tolist()
-        axes.plot(
-            [positions[s] for s in order],
-            values[order].to_numpy(),
-            marker="o",
-            color=method_color(str(method)),
-            label=method_name(str(method)),
-        )
+        x, y = [positions[s] for s in order], values[order].to_numpy()
+        color = method_color(str(method))
+        axes.plot(x, y, marker="o", color=color, label=method_name(str(method)))
+        if f"{column}_ci95" in group:
+            errors = group.groupby("size")[f"{column}_ci95"].max().reindex(order) / scale
+            if errors.notna().any():
+                axes.errorbar(x, y, yerr=errors.fillna(0.0).to_numpy(), fmt="none", ecolor=color)
     axes.set_xticks(range(len(sizes)), sizes)
     axes.set_xlabel("model size", fontsize=8)
     readable_y(axes, drawn)

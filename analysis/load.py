@@ -108,8 +108,8 @@ def _model_row(group: pd.DataFrame, metric: str, select: str) -> pd.Series:
         numeric = [c for c in [*METRICS, *SPEED_COLUMNS] if c in done]
         row[numeric] = done[numeric].astype(float).mean()
         row["status"] = "completed"
-        for metric_name in METRICS:
-            row[f"{metric_name}_ci95"] = ci95_half_width(done[metric_name].astype(float))
+        for name in numeric:
+            row[f"{name}_ci95"] = ci95_half_width(done[name].astype(float))
     row["seeds"] = len(done)
     row["trials"] = len(group)
     row["gpu_hours"] = group["gpu_hours"].sum(min_count=1) if "gpu_hours" in group else None

@@ -27,7 +27,7 @@ from analysis.load import (
 from analysis.paper import paper_results, with_paper_speed
 from analysis.ranking import metric_for_radius, rank_methods, rank_models
 from analysis.ratings import ratings
-from analysis.stability import place_probabilities
+from analysis.stability import neighbours, place_probabilities, rating_intervals
 from analysis.tables import delta_table, rich_ranking, rich_table2, rich_top_models, table2
 from lipsweep.budget import budget_seconds
 
@@ -78,6 +78,17 @@ def print_stability(
             mark = "yes" if row.separated else "[yellow]no[/]"
             out.add_row(method_name(str(row.method)), str(row.place), f"{row.p:.0%}", mark)
         console.print(out)
+    pairs = neighbours(trials, metric)
+    out = Table(title="neighbours in each cell: P(the better mean beats the next, over seeds)")
+    for column in ("dataset", "budget", "size", "Method", "beats", "P", "separated"):
+        out.add_column(column, justify="right")
+    for row in pairs.itertuples():
+        mark = "yes" if row.separated else "[yellow]no[/]"
+        out.add_row(
+            str(row.dataset), str(row.budget), str(row.size), method_name(str(row.method)),
+            method_name(str(row.other)), f"{row.p_beats:.0%}", mark,
+        )  # fmt: skip
+    console.print(out)
 
 
 def print_tables(table: pd.DataFrame, title: str, console: Console, signed: bool = False) -> None:
@@ -85,9 +96,15 @@ def print_tables(table: pd.DataFrame, title: str, console: Console, signed: bool
         console.print(rich_table2(table, dataset, title, signed=signed))
 
 
-def write_figures(models: pd.DataFrame, metric: str, out: Path) -> list[Path]:
-    """Radar, speed / memory and CRA-vs-GPU-hours figures of model rows into ``out``."""
-    written = radar_figure(ratings(models, metric), out)
+def write_figures(
+    models: pd.DataFrame, metric: str, out: Path, trials: pd.DataFrame | None = None
+) -> list[Path]:
+    """Radar, speed / memory, CRA-vs-GPU-hours and Pareto figures of model rows into ``out``;
+    with the per-seed ``trials`` of models that have several seeds, the radar's bands."""
+    intervals = None
+    if trials is not None and "seeds" in models and models["seeds"].max() >= 2:
+        intervals = rating_intervals(trials, metric)
+    written = radar_figure(ratings(models, metric), out, intervals=intervals)
     written += speed_memory_figures(models, out)
     written += cra_gpu_hours_figure(models, out, metric)
     written += pareto_figure(models, out, metric)
@@ -138,7 +155,8 @@ def run_rank(
                 print_tables(delta, f"sweep - paper, {label}", console, signed=True)
     out = out if out is not None else (dirs[0] / "analysis" if dirs and not paper else None)
     if out is not None:
-        written = write_figures(models, metric, out)
+        trials = None if paper else load_trials(dirs, stage="final")
+        written = write_figures(models, metric, out, trials)
         console.print(f"wrote {len(written)} figure files to {out}:")
         for path in written:
             if path.suffix == ".png":

@@ -5,8 +5,10 @@ model's seed values with replacement and takes their mean; the draw is then rank
 the paper ranks (``analysis.ranking``: models by the metric within each dataset and budget, ties
 sharing the better rank, top-k counts per method, score = weighted counts, methods placed by
 score). Over ``samples`` draws this gives, per budget and method, the probability of each place
-(``place_probabilities``) and of each top-k count (``count_probabilities``), and per (dataset, budget, size) the probability that one method's
-model beats another's. A model with one seed keeps its value in every draw (no spread is
+(``place_probabilities``) and of each top-k count (``count_probabilities``), per (dataset,
+budget, size) the probability that one method's model beats another's (``beats``,
+``neighbours``), and the 95% range of each radar rating (``rating_intervals``: there a draw
+resamples each model's whole seed rows, so every criterion moves together). A model with one seed keeps its value in every draw (no spread is
 known), so a ranking of single-seed models is "separated" only by construction.
 """
 
@@ -18,7 +20,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from analysis.load import model_results
 from analysis.ranking import DEFAULT_TOP, eligible, top_weights
+from analysis.ratings import ratings
 
 MODEL = ["dataset", "budget", "method", "size"]
 SEPARATED = 0.95  # a place held in at least this share of the draws counts as separated
@@ -122,3 +126,39 @@ def beats(
                     p = (values[i] > values[j]).mean() + 0.5 * (values[i] == values[j]).mean()
                     rows.append((dataset, budget, size, a, b, float(p)))
     return pd.DataFrame(rows, columns=["dataset", "budget", "size", "method", "other", "p_beats"])
+
+
+def neighbours(
+    trials: pd.DataFrame, metric: str = "cra_36", samples: int = 1000, seed: int = 0
+) -> pd.DataFrame:
+    """Per (dataset, budget, size): each method against the next one down by mean ``metric``,
+    with the probability that it beats it (``beats``) and whether that is separated."""
+    table = beats(trials, metric, samples, seed)
+    means = eligible(trials, metric).groupby(MODEL)[metric].mean()
+    rows = []
+    for (dataset, budget, size), group in table.groupby(["dataset", "budget", "size"]):
+        order = means.loc[dataset, budget].xs(size, level="size").sort_values(ascending=False)
+        chance = group.set_index(["method", "other"])["p_beats"]
+        for better, other in zip(order.index[:-1], order.index[1:], strict=True):
+            p = float(chance[(better, other)])
+            rows.append((dataset, budget, size, better, other, p, p >= SEPARATED))
+    columns = ["dataset", "budget", "size", "method", "other", "p_beats", "separated"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def rating_intervals(
+    trials: pd.DataFrame, metric: str = "cra_36", samples: int = 200, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(low, high): methods x criteria, the 2.5% and 97.5% quantiles of each radar rating
+    (``analysis.ratings``) over bootstrap draws of each model's seeds."""
+    rng = np.random.default_rng(seed)
+    done = eligible(trials, metric)
+    draws = []
+    for _ in range(samples):
+        picked = done.groupby(MODEL, group_keys=False).sample(
+            frac=1.0, replace=True, random_state=rng
+        )
+        draws.append(ratings(model_results(picked, metric), metric))
+    stacked = pd.concat(draws, keys=range(samples), names=["draw"])
+    by_method = stacked.groupby(level="method")
+    return by_method.quantile(0.025), by_method.quantile(0.975)

@@ -6,7 +6,7 @@ The paper times training batches (forward, backward, SGD step) on an A100 and se
 the same on the hardware a sweep runs on, in the conditions its trials run in: the trial's
 torch thread count (``--cpus-per-trial``), its device and batch size. Measurements are cached
 in ``$LIPSWEEP_CACHE/calibrations.json`` (default ``~/.cache/lipsweep``), keyed by device
-(with its thread count), dataset, size, method and batch size.
+(with its thread count), dataset, size, method, batch size and training examples.
 """
 
 from __future__ import annotations
@@ -93,10 +93,13 @@ class Calibration:
     method: str
     batch_size: int
     train_examples: int
-    train_batch_s: float  # median of the timed batches
+    train_batch_s: float  # median of the timed (full) batches
     spread: float = 0.0  # (slowest - fastest) / median of the timed batches
     load: float = 0.0  # the machine's 1-minute load average when measured
     timed_batches: int = 0
+    # Median of the epoch's last, short batch (train_examples % batch_size examples) timed on
+    # its own; None: no short batch, or not timed (then it counts as a full one).
+    last_batch_s: float | None = None
 
     @property
     def stable(self) -> bool:
@@ -108,7 +111,12 @@ class Calibration:
 
     @property
     def seconds_per_epoch(self) -> float:
-        return self.train_batch_s * self.batches_per_epoch
+        """Full batches at train_batch_s, the short last one (if any) at its own time: an
+        epoch of 1437 examples at batch 256 is 5 full batches and one of 157, not 6 full."""
+        full, short = divmod(self.train_examples, self.batch_size)
+        if short and self.last_batch_s is not None:
+            return full * self.train_batch_s + self.last_batch_s
+        return self.batches_per_epoch * self.train_batch_s
 
     def epochs(self, budget_s: float) -> int:
         return epochs_for_budget(self.seconds_per_epoch, budget_s)
@@ -119,14 +127,17 @@ ATTEMPTS = 3  # measurements of an unstable cell before its steadiest is kept
 
 
 class CalibrationCache:
-    """Calibrations on disk (JSON), keyed by (device, dataset, size, method, batch size)."""
+    """Calibrations on disk (JSON), keyed by (device, dataset, size, method, batch size,
+    training examples): the examples set the epoch's short last batch."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     @staticmethod
-    def key(device: str, dataset: str, size: str, method: str, batch_size: int) -> str:
-        return f"{device}|{dataset}|{size}|{method}|{batch_size}"
+    def key(
+        device: str, dataset: str, size: str, method: str, batch_size: int, train_examples: int
+    ) -> str:
+        return f"{device}|{dataset}|{size}|{method}|{batch_size}|{train_examples}"
 
     def load(self) -> dict[str, dict]:
         if not self.path.exists():
@@ -137,21 +148,29 @@ class CalibrationCache:
             return {}
 
     def forget(self, dataset: str, size: str, method: str, batch_size: int) -> None:
-        """Drop a cell's entries on every device (``--recalibrate``)."""
-        suffix = "|" + "|".join((dataset, size, method, str(batch_size)))
-        entries = {k: v for k, v in self.load().items() if not k.endswith(suffix)}
+        """Drop a cell's entries on every device and example count (``--recalibrate``)."""
+        cell = [dataset, size, method, str(batch_size)]
+        entries = {k: v for k, v in self.load().items() if k.split("|")[1:5] != cell}
         self._write(entries)
 
     def get(
-        self, device: str, dataset: str, size: str, method: str, batch_size: int
+        self,
+        device: str,
+        dataset: str,
+        size: str,
+        method: str,
+        batch_size: int,
+        train_examples: int,
     ) -> Calibration | None:
-        entry = self.load().get(self.key(device, dataset, size, method, batch_size))
+        key = self.key(device, dataset, size, method, batch_size, train_examples)
+        entry = self.load().get(key)
         return Calibration(**entry) if entry else None
 
     def put(self, calibration: Calibration) -> None:
         entries = self.load()
         c = calibration
-        entries[self.key(c.device, c.dataset, c.size, c.method, c.batch_size)] = asdict(c)
+        key = self.key(c.device, c.dataset, c.size, c.method, c.batch_size, c.train_examples)
+        entries[key] = asdict(c)
         self._write(entries)
 
     def _write(self, entries: dict[str, dict]) -> None:
@@ -197,18 +216,21 @@ def calibrate_cell(
 ) -> Calibration:
     """Seconds per epoch of a cell on this device: timed training batches (after a warm-up)
     times batches per epoch, with ``threads`` torch threads (a trial's ``--cpus-per-trial``).
-    An epoch shorter than ``batches`` batches is timed over its own batches only. The median
-    batch counts; a measurement whose batches spread more than MAX_SPREAD (a busy machine) is
-    taken again, up to ATTEMPTS times, and only a stable one is cached, per (device and
-    threads, dataset, size, method, batch size), with its spread and the machine's load."""
+    An epoch shorter than ``batches`` batches is timed over its own batches only, and an
+    epoch's short last batch is timed on its own (its own shape, after its own warm-up). The
+    median batch counts; a measurement whose batches spread more than MAX_SPREAD (a busy
+    machine) is taken again, up to ATTEMPTS times, and only a stable one is cached, per
+    (device and threads, dataset, size, method, batch size, examples), with its spread and the
+    machine's load."""
     from lipsweep.data import DATASETS
     from lipsweep.model import build_model
 
     with torch_threads(threads):
         name = device_name(device)
-        cached = cache.get(name, dataset, size, method, batch_size) if cache else None
+        cached = (
+            cache.get(name, dataset, size, method, batch_size, train_examples) if cache else None
+        )
         if cached is not None:
-            cached.train_examples = train_examples
             return cached
         info = DATASETS[dataset]
         batch = min(batch_size, train_examples)
@@ -220,9 +242,13 @@ def calibrate_cell(
         while len(tries) < ATTEMPTS and not any(relative_spread(t) <= MAX_SPREAD for t in tries):
             tries.append(measure_batches(model, inputs, timed))
         times = min(tries, key=relative_spread)  # stable, or the steadiest of ATTEMPTS
+        full, short = divmod(train_examples, batch_size)
+        last = None
+        if full and short:
+            last = statistics.median(measure_batches(model, inputs[:short], min(timed, 3)))
     calibration = Calibration(
         name, dataset, size, method, batch_size, train_examples, statistics.median(times),
-        relative_spread(times), os.getloadavg()[0], len(times),
+        relative_spread(times), os.getloadavg()[0], len(times), last,
     )  # fmt: skip
     if cache is not None and calibration.stable:
         cache.put(calibration)

@@ -60,8 +60,21 @@ def test_calibration_cache_round_trip(tmp_path: Path) -> None:
     assert calibration.seconds_per_epoch == pytest.approx(49.0)
     assert calibration.epochs(7200) == 146
     cache.put(calibration)
-    assert cache.get("cpu:x", "cifar10", "XS", "aol", 256) == calibration
-    assert cache.get("cpu:x", "cifar10", "XS", "aol", 128) is None
+    assert cache.get("cpu:x", "cifar10", "XS", "aol", 256, 50000) == calibration
+    assert cache.get("cpu:x", "cifar10", "XS", "aol", 128, 50000) is None
+    assert cache.get("cpu:x", "cifar10", "XS", "aol", 256, 1000) is None
+    cache.forget("cifar10", "XS", "aol", 256)
+    assert cache.load() == {}
+
+
+def test_an_epochs_short_last_batch_counts_at_its_own_time() -> None:
+    """1437 examples at batch 256: five full batches and one of 157, timed on its own."""
+    calibration = Calibration("cpu:x", "digits", "XS", "aol", 256, 1437, 0.5, last_batch_s=0.2)
+    assert calibration.batches_per_epoch == 6
+    assert calibration.seconds_per_epoch == pytest.approx(5 * 0.5 + 0.2)
+    assert calibration.epochs(27.0) == 10  # 27 / 2.7; six full batches would buy 9
+    untimed = Calibration("cpu:x", "digits", "XS", "aol", 256, 1437, 0.5)
+    assert untimed.seconds_per_epoch == pytest.approx(3.0)
 
 
 def test_calibration_runs_with_the_trials_threads_and_restores_the_drivers(tmp_path: Path) -> None:
@@ -78,8 +91,16 @@ def test_calibration_runs_with_the_trials_threads_and_restores_the_drivers(tmp_p
     finally:
         torch.set_num_threads(before)
     assert measured.device.endswith(":1threads")
-    assert list(cache.load()) == [CalibrationCache.key(measured.device, "digits", "XS", "aol", 64)]
+    assert list(cache.load()) == [
+        CalibrationCache.key(measured.device, "digits", "XS", "aol", 64, 128)
+    ]
     assert measured.train_batch_s > 0 and measured.batches_per_epoch == 2
+    assert measured.last_batch_s is None  # 128 = 2 x 64: no short batch
+    short = calibrate_cell(
+        "digits", "XS", "aol", 64, 100, torch.device("cpu"), batches=2, threads=1
+    )
+    assert short.last_batch_s is not None and short.last_batch_s > 0
+    assert short.seconds_per_epoch == pytest.approx(short.train_batch_s + short.last_batch_s)
 
 
 def test_a_budget_that_buys_no_epoch_stops_planning_at_the_first_cell(
@@ -113,9 +134,9 @@ def test_a_measurement_records_its_spread_and_load_and_recalibrate_forgets_it(
     assert first.timed_batches == 3 and first.load >= 0
     assert first.stable == (first.spread <= MAX_SPREAD)
     if first.stable:  # only a stable measurement is kept
-        assert cache.get(first.device, "digits", "XS", "sll", 64) == first
+        assert cache.get(first.device, "digits", "XS", "sll", 64, 256) == first
     cache.forget("digits", "XS", "sll", 64)
-    assert cache.get(first.device, "digits", "XS", "sll", 64) is None
+    assert cache.get(first.device, "digits", "XS", "sll", 64, 256) is None
     assert relative_spread([1.0, 1.0, 3.0]) == pytest.approx(2.0)
     (tmp_path / "c.json").write_text("{ damaged")
     assert cache.load() == {}  # a damaged cache costs a re-measurement, not the launch

@@ -199,7 +199,7 @@ def calibrate(
 
     Measurements are cached in $LIPSWEEP_CACHE/calibrations.json (default
     ~/.cache/lipsweep/calibrations.json), keyed by device and thread count, dataset, size,
-    method and batch size, with the spread of the timed batches and the machine's load; a
+    method, batch size and training examples, with the spread of the timed batches and the machine's load; a
     measurement whose batches spread more than 50% is taken again (up to 3 times) and only a
     stable one is cached. --recalibrate measures again."""
     import torch

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -95,6 +96,30 @@ def test_radar(tmp_path: Path) -> None:
     rows = -(-methods // RADAR_COLUMNS)
     assert_image(written[0], columns * RADAR_PANEL[0], rows * RADAR_PANEL[1])
     assert_svg(written[1])
+
+
+def test_radar_with_seed_bands(tmp_path: Path) -> None:
+    names = ["a", "b", "c"]
+    table = pd.DataFrame({c: [5.0, 3.0, 1.0] for c in "abcdef"}, index=names)
+    low, high = table - 1.0, table.clip(upper=4.0) + 1.0
+    written = radar_figure(table, tmp_path, intervals=(low, high))
+    assert_image(written[0], 3 * RADAR_PANEL[0], RADAR_PANEL[1])
+    assert "bootstrap" in written[1].read_text()  # the title says what the band is
+
+
+def test_seed_intervals_are_drawn_as_error_bars() -> None:
+    frame = bench_frame()
+    axes = Figure().add_subplot()
+    _line_panel(axes, frame, "seconds_per_epoch", 1.0)
+    assert not axes.containers  # one seed: no interval known, none drawn
+    frame["seconds_per_epoch_ci95"] = 0.1 * frame["seconds_per_epoch"]
+    axes = Figure().add_subplot()
+    _line_panel(axes, frame, "seconds_per_epoch", 1.0)
+    bars = [c for c in axes.containers if c.has_yerr]
+    assert len(bars) == 3  # one per method
+    segments = bars[0].lines[2][0].get_segments()
+    lengths = sorted(float(s[1][1] - s[0][1]) for s in segments)
+    assert lengths == pytest.approx(sorted(0.2 * 8.0 * 2**j for j in range(4)))
 
 
 def test_cra_gpu_hours(tmp_path: Path) -> None:

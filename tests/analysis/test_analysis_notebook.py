@@ -46,3 +46,5 @@ def test_notebook_runs(real_sweep: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert (tmp_path / "figures" / "pareto.png").is_file()
     shown = " ".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "cra_36_ci95" in shown and "p_place1" in shown  # the seed intervals and stability
+    assert "p_beats" in shown  # each method against its neighbour
+    assert "bootstrap draws over seeds" in (tmp_path / "figures" / "radar.svg").read_text()

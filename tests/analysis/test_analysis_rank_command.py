@@ -31,6 +31,10 @@ def test_rank_real_sweep_writes_figures(real_sweep: Path, tmp_path: Path) -> Non
     names = {p.name for p in tmp_path.iterdir()}
     assert {"training_time.png", "training_time.svg", "cra_gpu_hours.png", "pareto.png"} <= names
     assert f"{tmp_path / 'pareto.png'} (and .svg)" in " ".join(text.split())
+    # AOL has two seeds: the stability and neighbour tables, and the radar's seed bands.
+    assert "ranking stability, budget" in text
+    assert "neighbours in each cell" in text
+    assert "bootstrap draws over seeds" in (tmp_path / "radar.svg").read_text()
 
 
 def test_rank_empty_folder_fails(tmp_path: Path) -> None:

@@ -3,12 +3,16 @@
 import pandas as pd
 import pytest
 
+from analysis.load import model_results
 from analysis.ranking import rank_methods
+from analysis.ratings import ratings
 from analysis.stability import (
     SEPARATED,
     beats,
     count_probabilities,
+    neighbours,
     place_probabilities,
+    rating_intervals,
     seed_draws,
 )
 
@@ -76,3 +80,32 @@ def test_top_k_count_probabilities() -> None:
     assert first[("c", 0)] == 1.0
     three = table[table["k"] == 3].set_index(["method", "count"])["p"]
     assert three[("a", 1)] == three[("b", 1)] == three[("c", 1)] == 1.0  # 3 models: all in
+
+
+def test_neighbours_pair_each_method_with_the_next_one_down() -> None:
+    """a and b overlap (not separated), b is always above c (separated); each cell apart."""
+    trials = rows({("a", "XS"): [0.50, 0.58], ("b", "XS"): [0.52, 0.54], ("c", "XS"): [0.1, 0.12],
+                   ("c", "S"): [0.3, 0.31], ("a", "S"): [0.2]})  # fmt: skip
+    table = neighbours(trials, samples=2000, seed=3)
+    xs = table[table["size"] == "XS"].set_index(["method", "other"])
+    assert list(xs.index) == [("a", "b"), ("b", "c")]  # by mean: 0.54, 0.53, 0.11
+    assert not xs.loc[("a", "b"), "separated"] and 0.2 < xs.loc[("a", "b"), "p_beats"] < 0.8
+    assert xs.loc[("b", "c"), "p_beats"] == 1.0 and xs.loc[("b", "c"), "separated"]
+    small = table[table["size"] == "S"]
+    assert small[["method", "other", "p_beats"]].values.tolist() == [["c", "a", 1.0]]
+
+
+def test_rating_intervals_are_points_for_single_seeds_and_bands_for_overlapping_ones() -> None:
+    frame = rows({("a", "XS"): [0.9], ("b", "XS"): [0.5], ("c", "XS"): [0.1]})
+    frame["accuracy"] = frame["cra_36"] + 0.05
+    low, high = rating_intervals(frame, samples=20, seed=0)
+    expected = ratings(model_results(frame))
+    pd.testing.assert_frame_equal(low, expected, check_names=False)
+    pd.testing.assert_frame_equal(high, expected, check_names=False)
+    spread = rows({("a", "XS"): [0.2, 0.8], ("b", "XS"): [0.5, 0.5], ("c", "XS"): [0.1, 0.1]})
+    spread["accuracy"] = 0.9
+    low, high = rating_intervals(spread, samples=400, seed=0)
+    # a's mean draw is 0.2, 0.5 or 0.8: below, tied with or above b; c is always last.
+    assert low.loc["a", "robust accuracy"] < high.loc["a", "robust accuracy"]
+    assert low.loc["c", "robust accuracy"] == high.loc["c", "robust accuracy"] == 1.0
+    assert (low.loc[:, "accuracy"] == high.loc[:, "accuracy"]).all()  # all tied, every draw
