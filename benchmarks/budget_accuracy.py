@@ -75,7 +75,7 @@ def main() -> None:
             f"{outcome.device_seconds:.1f}",
             f"{outcome.device_seconds / budget:.3f}",
         )
-    Console().print(table)
+    Console(width=140).print(table)
 
 
 if __name__ == "__main__":
