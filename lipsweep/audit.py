@@ -14,25 +14,33 @@ is 1-Lipschitz when every check holds:
 * cache: after an in-place change of every parameter, the eval output equals that of a fresh
   copy of the layer with the same state (a stale cached weight would differ);
 * bound: where ``lipsweep.bounds`` knows the layer, its guaranteed bound >= the measured norm.
+
+``gate_plugins`` is the gate a user's layer passes before a sweep or bench uses it: these checks
+at the kernel sizes the ConvNet builds it with (1 and 3), and a guaranteed bound of its own
+(``lipschitz_bound(input_hw)``, as final runs certify with proven bounds only).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 
 import torch
 from torch import nn
 
 from lipsweep.bounds import layer_bound
 from lipsweep.errors import InputError
-from lipsweep.layers.registry import SPECS
+from lipsweep.layers.registry import SPECS, plugin_path
 
 EVAL_SLACK = 1e-6
 TRAIN_SLACK = 0.01
 SIZES = ((5, 5), (6, 4))
 POINTS = 3
 ADVERSARIAL_STEPS = 20
+GATE_KERNELS = (1, 3)  # the ConvNet's first conv and head are 1 x 1, its blocks 3 x 3
 
 
 @dataclass(frozen=True)
@@ -50,12 +58,13 @@ def layer_class(method: str) -> type[nn.Module]:
     """A registered method's class, or a class from an import path "package.module:Class"."""
     if method in SPECS:
         return SPECS[method].layer_class()
-    module, _, name = method.partition(":")
-    if not name:
+    path = plugin_path(method)
+    if path is None:
         raise InputError(
             f"unknown method {method!r}: give one of {', '.join(SPECS)} or an import path "
             "such as mypkg.layers:MyConv"
         )
+    module, _, name = path.partition(":")
     try:
         found = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as error:
@@ -145,3 +154,35 @@ def cache_check(
         fresh.load_state_dict(layer.state_dict())
         difference = (layer(x) - fresh.eval()(x)).abs().max().item()
     return Check("eval cache follows in-place changes", difference, 1e-9)
+
+
+def gate_plugins(methods: Sequence[str]) -> dict[str, dict]:
+    """Audit every plug-in among ``methods`` (see the module docstring); the first that fails
+    is refused with an InputError naming the measured norm. Returns, per plug-in, the record a
+    sweep stores in its audit.json."""
+    return {method: plugin_record(method) for method in methods if plugin_path(method)}
+
+
+@functools.cache  # a launch gates before Ray starts and again as it stores the sweep
+def plugin_record(method: str) -> dict:
+    path = plugin_path(method)
+    cls = layer_class(method)
+    if not callable(getattr(cls, "lipschitz_bound", None)):
+        raise InputError(
+            f"{method} has no lipschitz_bound(input_hw) method: final runs certify with a "
+            "proven bound only (README: Your own layer)"
+        )
+    checks = {k: audit_layer(cls, kernel_size=k) for k in GATE_KERNELS}
+    for k, check in ((k, c) for k, found in checks.items() for c in found):
+        if not check.passed:
+            raise InputError(
+                f"{method} is refused by the Lipschitz audit at kernel size {k}: "
+                f"{check.name} {check.value:.6g} > {check.limit:.6g} "
+                f"(details: lipsweep audit {path})"
+            )
+    return {
+        "class": path,
+        "passed": True,
+        "audited_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "checks": {str(k): [asdict(c) for c in found] for k, found in checks.items()},
+    }

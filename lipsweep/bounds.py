@@ -30,6 +30,7 @@ from torch import nn
 
 from lipsweep.layers.aol import AOLConv2d
 from lipsweep.layers.bcop import BCOPConv2d, BjorckLinear
+from lipsweep.layers.bro import BROConv2d
 from lipsweep.layers.cayley import CayleyConv2d, CayleyLinear
 from lipsweep.layers.channels import FirstChannels, MaxMin, ZeroChannelPad
 from lipsweep.layers.cpl import CPLConv2d
@@ -121,6 +122,12 @@ def single_bound(module: nn.Module, size: Size) -> float:
     for cls, bound in BOUNDS:
         if isinstance(module, cls):
             return float(bound(module, size))
+    # A user's layer (lipsweep.layers.registry: plug-ins) may give its own guaranteed bound,
+    # ``lipschitz_bound(input_hw)``: its author's proof; lipsweep's audit checks it against
+    # exact Jacobians before any sweep uses the layer.
+    own = getattr(module, "lipschitz_bound", None)
+    if callable(own):
+        return float(own(size))
     raise TypeError(f"no guaranteed Lipschitz bound known for {type(module).__name__}")
 
 
@@ -188,8 +195,8 @@ def cayley_bound(layer: CayleyConv2d, size: Size) -> float:
     return fft_weight_bound(layer.cached_weight(*spatial(size, layer)))
 
 
-def lot_bound(layer: LOTConv2d, size: Size) -> float:
-    """LOT: crop(irfft2(W(f) rfft2(pad(x)))): zero padding is an isometric embedding and the
+def lot_bound(layer: LOTConv2d | BROConv2d, size: Size) -> float:
+    """LOT, BRO: crop(irfft2(W(f) rfft2(pad(x)))): zero padding is an isometric embedding and the
     crop a projection, so the norm is <= that of the padded-grid map, bounded as Cayley's. For
     k = 1 the weight is one real matrix applied at every pixel (a 1 x 1 conv): its norm."""
     weight = layer.cached_weight(*spatial(size, layer))
@@ -254,6 +261,7 @@ BOUNDS: tuple[tuple[type[nn.Module], Callable[..., float]], ...] = (
     (BCOPConv2d, circular_bound),
     (CayleyConv2d, cayley_bound),
     (LOTConv2d, lot_bound),
+    (BROConv2d, lot_bound),
     (SOCConv2d, soc_bound),
     (CPLConv2d, residual_bound),
     (SLLConv2d, residual_bound),

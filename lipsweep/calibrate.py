@@ -26,7 +26,7 @@ from lipsweep.atomic import write_text_atomic
 from lipsweep.budget import Budget
 from lipsweep.config import SweepConfig
 from lipsweep.errors import InputError
-from lipsweep.measure import device_name, time_training
+from lipsweep.measure import WARMUP_BATCHES, device_name, time_training
 from lipsweep.names import Cell
 from lipsweep.plan import CellPlan, check_epochs, load_plan, planned_trials
 
@@ -71,7 +71,10 @@ def paper_epochs(dataset: str, size: str, method: str, budget_s: float) -> int:
         )
     table = PAPER_A100_EPOCHS_2H[group]
     if method not in table:
-        raise CalibrationError(f"the paper's A100 table has no method {method!r}")
+        raise CalibrationError(
+            f"the paper's A100 table has no {method} (not one of the paper's seven methods): "
+            "use --calibration measure"
+        )
     epochs_2h = table[method][PAPER_SIZES.index(size)]
     if epochs_2h is None:
         raise CalibrationError(f"{method}-{size} on {dataset} did not fit in 80 GB in the paper")
@@ -193,9 +196,11 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def measure_batches(model: torch.nn.Module, inputs: torch.Tensor, batches: int) -> list[float]:
-    """Seconds of each of ``batches`` training batches, after one warm-up batch."""
-    time_training(model, inputs, batches=1, warmup=1)
+def measure_batches(
+    model: torch.nn.Module, inputs: torch.Tensor, batches: int, warmup: int = WARMUP_BATCHES
+) -> list[float]:
+    """Seconds of each of ``batches`` training batches, after ``warmup`` untimed ones."""
+    time_training(model, inputs, batches=1, warmup=warmup - 1)
     return [time_training(model, inputs, batches=1, warmup=0)[0] for _ in range(batches)]
 
 
@@ -214,7 +219,8 @@ def calibrate_cell(
     batches: int = 5,
     threads: int | None = None,
 ) -> Calibration:
-    """Seconds per epoch of a cell on this device: timed training batches (after a warm-up)
+    """Seconds per epoch of a cell on this device: timed training batches (after
+    WARMUP_BATCHES untimed ones)
     times batches per epoch, with ``threads`` torch threads (a trial's ``--cpus-per-trial``).
     An epoch shorter than ``batches`` batches is timed over its own batches only, and an
     epoch's short last batch is timed on its own (its own shape, after its own warm-up). The
@@ -245,7 +251,8 @@ def calibrate_cell(
         full, short = divmod(train_examples, batch_size)
         last = None
         if full and short:
-            last = statistics.median(measure_batches(model, inputs[:short], min(timed, 3)))
+            # The model is warm by now: one untimed batch of the new shape is enough.
+            last = statistics.median(measure_batches(model, inputs[:short], min(timed, 3), 1))
     calibration = Calibration(
         name, dataset, size, method, batch_size, train_examples, statistics.median(times),
         relative_spread(times), os.getloadavg()[0], len(times), last,

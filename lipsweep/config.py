@@ -19,7 +19,7 @@ from typing import Any, Literal
 from lipsweep.atomic import write_text_atomic
 from lipsweep.budget import Budget, BudgetError
 from lipsweep.errors import InputError
-from lipsweep.layers.registry import SPECS
+from lipsweep.layers.registry import SPECS, is_plugin
 from lipsweep.names import DATASETS, SIZES, Cell
 
 FORMAT = 1  # of sweep.json
@@ -230,13 +230,14 @@ def _at_least(name: str, value: Any, low: float) -> None:
         raise InputError(f"--{name} must be {bound}, got {value!r}")
 
 
-def _choices(name: str, values: Any, known: tuple[str, ...] | list[str]) -> None:
+def _choices(name: str, values: Any, known: tuple[str, ...] | list[str], other: str = "") -> None:
     if not isinstance(values, tuple) or not values:
         raise InputError(f"--{name} is empty: give a comma-separated list of {', '.join(known)}")
     for value in values:
         if value not in known:
             what = name.rstrip("s")
-            raise InputError(f"unknown {what} {value!r}: choose from {', '.join(known)}")
+            choices = ", ".join(known) + (f" {other}" if other else "")
+            raise InputError(f"unknown {what} {value!r}: choose from {choices}")
 
 
 def _positive_or_none(name: str, value: Any, unit: str = "") -> None:
@@ -264,7 +265,8 @@ def check_config(config: SweepConfig) -> None:
         raise InputError(f"sweep_id {config.sweep_id!r} must be letters, digits, '_', '.' or '-'")
     _choices("datasets", config.datasets, DATASETS)
     _choices("sizes", config.sizes, SIZES)
-    _choices("methods", config.methods, list(SPECS))
+    plugins = [m for m in config.methods if isinstance(m, str) and is_plugin(m)]
+    _choices("methods", config.methods, [*SPECS, *plugins], "or an import path mypkg.mod:Class")
     if not isinstance(config.budgets, tuple) or not config.budgets:
         raise InputError("--budget is empty: give budgets such as 2h,10h,24h")
     try:

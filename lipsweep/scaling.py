@@ -67,6 +67,7 @@ def table1_memory(method: str, b: int, c: int, s: int, k: int = 3) -> tuple[floa
         "cayley": (1.5 * s * s * c * c, 2.5 * m),
         "cpl": (p + s * s * c, 3 * m),
         "lot": (4 * s * s * c * c * LOT_NEWTON_STEPS, 3 * m),
+        "bro": (2 * s * s * c * c, 3 * m),  # not in Table 1: our count (V(f), W(f) per frequency)
         "sll": (5 * p, 3 * m),
         "soc": (p, SOC_TRAIN_TERMS * m),
     }[method]

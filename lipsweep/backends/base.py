@@ -3,12 +3,15 @@ goes through before anything runs (nothing is written until they pass)."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Protocol
 
+from lipsweep.atomic import write_text_atomic
+from lipsweep.audit import gate_plugins
 from lipsweep.calibrate import Progress, make_plans
 from lipsweep.config import CONFIG_FILE, SweepConfig
 from lipsweep.errors import InputError
@@ -16,6 +19,7 @@ from lipsweep.names import Cell
 from lipsweep.plan import CellPlan, check_cap, planned_trials, save_plan
 
 Monitor = Callable[[str], None]  # one line of news for whoever watches
+AUDIT_FILE = "audit.json"  # the Lipschitz audit of each plug-in layer the sweep uses
 
 
 class Backend(Protocol):
@@ -78,9 +82,12 @@ def prepare(
     every check passed. ``calibrate=False`` leaves cells without a stored plan to their job."""
     config = existing_config(config, out)
     check_inputs(config, out)
+    audits = gate_plugins(config.methods)  # a user's layer is audited before anything is written
     plans, notes = make_plans(config, out, progress) if calibrate else ([], [])
     check_cap(config, planned_trials(config, plans))
     config.save(out)
+    if audits:
+        write_text_atomic(out / AUDIT_FILE, json.dumps(audits, indent=1))
     for plan in plans:
         save_plan(out, plan)
     return config, plans, notes

@@ -7,6 +7,7 @@ import os
 import socket
 from pathlib import Path
 
+from lipsweep.audit import gate_plugins
 from lipsweep.backends.base import Monitor, check_inputs, existing_config, prepare
 from lipsweep.calibrate import Progress
 from lipsweep.config import SweepConfig
@@ -33,6 +34,7 @@ class LocalBackend:
         started_here = False
         try:
             check_inputs(existing_config(config, out), out)  # cheap checks before Ray starts
+            gate_plugins(config.methods)  # a user's layer is audited before Ray starts too
             refuse_if_driven(out)
             if self.address is None:
                 check_resources(config, local_resources())

@@ -31,6 +31,7 @@ from lipsweep.cli.common import (
 from lipsweep.cli.render import live_status, plan_table, status_frame, status_table
 from lipsweep.config import SlurmOptions, SweepConfig, preset_config
 from lipsweep.errors import InputError
+from lipsweep.layers.registry import method_key
 from lipsweep.names import Cell
 from lipsweep.results.store import read_attempts
 from lipsweep.status import sweep_status, unfinished_attempts
@@ -61,7 +62,7 @@ def sweep_options(
     return {
         "datasets": split_list(datasets),
         "sizes": split_list(sizes),
-        "methods": split_list(methods),
+        "methods": None if methods is None else tuple(map(method_key, split_list(methods) or ())),
         "budgets": budgets(budget),
         "search_budget": search[0] if search else None,
     }

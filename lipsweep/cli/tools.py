@@ -20,7 +20,7 @@ from lipsweep.cli.common import (
     split_list,
 )
 from lipsweep.errors import InputError
-from lipsweep.layers.registry import SPECS
+from lipsweep.layers.registry import SPECS, is_plugin, method_key
 from lipsweep.names import DATASETS, SIZES
 
 
@@ -97,7 +97,8 @@ def bench(
     c and s of single layers beside the paper's Table 1."""
     import torch
 
-    method_list = checked(methods, list(SPECS), "method")
+    values = [method_key(m) for m in split_list(methods) or ()]
+    method_list = checked(",".join(values), [*SPECS, *filter(is_plugin, values)], "method")
     check_choice(output, ("table", "csv", "json"), "--format")
     for option, value in (
         ("--batch-size", batch_size),
@@ -106,6 +107,9 @@ def bench(
     ):
         at_least(option, value, 1)
     check_writable(out)
+    from lipsweep.audit import gate_plugins
+
+    gate_plugins(method_list)  # a user's layer is audited before it is timed
     if threads is not None:
         torch.set_num_threads(threads)
     if scaling:

@@ -1,4 +1,5 @@
-"""The seven 1-Lipschitz convolutions of the paper and the standard conv, in one registry.
+"""The seven 1-Lipschitz convolutions of the paper, BRO (ICML 2025) and the standard conv, in one
+registry.
 
 Every class is built as ``LAYERS[name](in_channels, out_channels, kernel_size)`` and maps
 (B, C, H, W) to (B, C, H, W) for any H, W. What else is known of a method (its head, display
@@ -17,6 +18,7 @@ _CLASSES = {
     "AOLConv2d": "aol",
     "BCOPConv2d": "bcop",
     "BjorckLinear": "bcop",
+    "BROConv2d": "bro",
     "CPLConv2d": "cpl",
     "CayleyConv2d": "cayley",
     "CayleyLinear": "cayley",

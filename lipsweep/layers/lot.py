@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lipsweep.layers.base import CachedParametrization, require_square
@@ -29,7 +28,7 @@ from lipsweep.layers.numerics import (
     complex_dtype,
     kernel_spectrum,
     map_rfft_grid,
-    spectral_matmul,
+    padded_spectral_conv,
 )
 
 EPSILON = 1e-4  # regulariser of S and of its norm, as in the paper's code
@@ -121,13 +120,7 @@ class LOTConv2d(CachedParametrization):
         return map_rfft_grid(orthogonalize, v, padded_width).to(complex_dtype(self.weight.dtype))
 
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if not weight.is_complex():  # k = 1: the same matrix at every pixel
-            return F.conv2d(x, weight[:, :, None, None], self.bias)
-        p = self.padding
-        height, width = x.shape[-2:]
-        padded = F.pad(x, (p, p, p, p))
-        y = torch.fft.irfft2(spectral_matmul(weight, torch.fft.rfft2(padded)), s=padded.shape[-2:])
-        return y[..., p : p + height, p : p + width] + self.bias[:, None, None]
+        return padded_spectral_conv(x, weight, self.bias, self.padding)
 
     def extra_repr(self) -> str:
         channels = self.weight.shape[0]

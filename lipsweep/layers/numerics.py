@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 
@@ -199,6 +200,20 @@ def spectral_matmul(weight: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     x = x_hat.permute(2, 3, 1, 0).reshape(u * v, i, b).contiguous()  # reshape alone: a view
     y = _ContiguousGradient.apply(weight.reshape(u * v, o, i) @ x)
     return y.view(u, v, o, b).permute(3, 2, 0, 1).contiguous()
+
+
+def padded_spectral_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, padding: int
+) -> torch.Tensor:
+    """crop(irfft2(W(f) rfft2(pad(x)))) + b: the FFT-domain layers (LOT, BRO) on a zero-padded
+    image, or, for a real ``weight`` (their k = 1 form), the same matrix at every pixel."""
+    if not weight.is_complex():
+        return F.conv2d(x, weight[:, :, None, None], bias)
+    p = padding
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (p, p, p, p))
+    y = torch.fft.irfft2(spectral_matmul(weight, torch.fft.rfft2(padded)), s=padded.shape[-2:])
+    return y[..., p : p + height, p : p + width] + bias[:, None, None]
 
 
 class _ContiguousGradient(torch.autograd.Function):

@@ -4,11 +4,18 @@ Adding a method means a module under ``lipsweep/layers/`` and one ``MethodSpec``
 model, the certificates, the plans, the benchmarks and the analysis read everything from it.
 Classes are named as ``"module:Class"`` and imported on first use, so the CLI's validation,
 ``lipsweep status`` and the analysis package never import torch.
+
+A user's own layer needs no entry here: a method may also be an import path
+(``mypkg.layers:MyConv``, kept as ``mypkg.layers.MyConv`` in ids and paths) or the name of an
+entry point in the ``lipsweep.layers`` group of an installed package. Such a plug-in is built
+as ``Class(c, c, k)`` (also as the 1 x 1 head) and must pass ``lipsweep.audit`` before a sweep
+or bench uses it.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -97,18 +104,58 @@ SPECS: dict[str, MethodSpec] = {
         MethodSpec("soc", "SOC", _L + "soc:SOCConv2d",
                    {"param_s": _t1("c^2 k^2 t2", 2, 0), "input_s": _t1("C t1", 2, 2),
                     "param_mem": _t1("P", 2, 0), "input_mem": _t1("M t1", 1, 2)}),
+        # Not in the paper (ICML 2025): its Table 1 row is our count, marked "(ours)".
+        MethodSpec("bro", "BRO", _L + "bro:BROConv2d",
+                   {"param_s": _t1("s^2 c^3 (ours)", 3, 2), "input_s": _t1("b s^2 c^2 (ours)", 2, 2),
+                    "param_mem": _t1("2 s^2 c^2 (ours)", 2, 2), "input_mem": _t1("3M (ours)", 1, 2)}),
     )
 }  # fmt: skip
 METHODS: tuple[str, ...] = tuple(name for name in SPECS if name != "standard")
 
 
+PLUGIN_GROUP = "lipsweep.layers"  # entry points: name = "package.module:Class"
+
+
+def method_key(method: str) -> str:
+    """The name a method goes by in ids, paths and sweep.json: an import path's ':' as '.'."""
+    return method.replace(":", ".")
+
+
+def plugin_path(method: str) -> str | None:
+    """ "module:Class" of a user's layer given as an import path ("pkg.mod:Class" or
+    "pkg.mod.Class") or as a ``lipsweep.layers`` entry point; None for any other name."""
+    if method in SPECS:
+        return None
+    if ":" in method or "." in method:
+        module, _, name = method.replace(":", ".").rpartition(".")
+        return f"{module}:{name}" if module and name else None
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        if entry.name == method:
+            return entry.value
+    return None
+
+
+def is_plugin(method: str) -> bool:
+    return plugin_path(method) is not None
+
+
 def spec(method: str) -> MethodSpec:
-    """The spec of ``method``; ValueError naming the known methods otherwise."""
-    if method not in SPECS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(SPECS)}")
-    return SPECS[method]
+    """The spec of ``method`` (a plug-in gets a plain one: no Table 1 entry, a 1 x 1 head of
+    its own class); ValueError naming the known methods otherwise."""
+    if method in SPECS:
+        return SPECS[method]
+    path = plugin_path(method)
+    if path is None:
+        raise ValueError(
+            f"unknown method {method!r}; known: {', '.join(SPECS)}, an import path such as "
+            f"mypkg.layers:MyConv, or a {PLUGIN_GROUP!r} entry point"
+        )
+    return MethodSpec(method, path.rpartition(":")[2], path, table1={})
 
 
 def display_name(method: str) -> str:
-    """The paper's spelling of a method key ("cayley" -> "Cayley")."""
-    return SPECS[method].display if method in SPECS else method
+    """The paper's spelling of a method key ("cayley" -> "Cayley"); a plug-in's class name."""
+    if method in SPECS:
+        return SPECS[method].display
+    path = plugin_path(method)
+    return path.rpartition(":")[2] if path else method

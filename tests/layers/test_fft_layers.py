@@ -1,4 +1,4 @@
-"""Method-specific checks of the FFT-domain layers (Cayley, LOT) and their numerics."""
+"""Method-specific checks of the FFT-domain layers (Cayley, LOT, BRO) and their numerics."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lipsweep.layers.bro import BROConv2d, block_reflector
 from lipsweep.layers.cayley import CayleyConv2d, CayleyLinear, fft_conv2d
 from lipsweep.layers.lot import LOTConv2d, orthogonalize
 from lipsweep.layers.numerics import (
@@ -25,7 +26,7 @@ def sgd_step(layer: torch.nn.Module, size: tuple[int, int] = (6, 6), lr: float =
     """One SGD step (train mode) on a regression loss that moves every parameter."""
     layer.train()
     dtype = layer.weight.dtype
-    channels = layer.weight.shape[1]
+    channels = layer.weight.shape[0]  # square layers (BRO: shape[1] is its rank)
     optimizer = torch.optim.SGD(layer.parameters(), lr=lr)
     x = torch.randn(4, channels, *size, dtype=dtype)
     (layer(x) - torch.randn_like(x)).square().sum().backward()
@@ -172,18 +173,50 @@ def test_lot_unconverged_directions_shrink(training: bool) -> None:
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_lot_3x3_is_bounded_on_odd_sizes(training: bool) -> None:
+@pytest.mark.parametrize("cls", [LOTConv2d, BROConv2d])
+def test_padded_fft_3x3_is_bounded_on_odd_sizes(cls: type, training: bool) -> None:
     torch.manual_seed(0)
-    layer = LOTConv2d(3, 3, 3).double()
+    layer = cls(4, 4, 3).double()
     with torch.no_grad():
         layer.weight.add_(0.3 * torch.randn_like(layer.weight))
     sgd_step(layer, size=(5, 7))
     layer.train(training)
-    values = jacobian_singular_values(layer, torch.randn(3, 5, 7, dtype=torch.float64))
+    values = jacobian_singular_values(layer, torch.randn(4, 5, 7, dtype=torch.float64))
     assert values.max() <= 1 + 1e-10
 
 
-@pytest.mark.parametrize("cls", [CayleyConv2d, LOTConv2d])
+def test_block_reflector_is_hermitian_with_eigenvalues_in_the_unit_interval() -> None:
+    """W = I - 2 V (V^H V + eps I)^{-1} V^H: Hermitian, eigenvalues 1 - 2 s^2 / (s^2 + eps),
+    so r of them just above -1 (one per singular value s of V) and c - r exactly 1."""
+    torch.manual_seed(0)
+    v = torch.randn(5, 8, 3, dtype=torch.complex128)
+    v[0, :, 2] *= 1e-4  # a near-singular V: its direction reflects less than fully
+    w = block_reflector(v)
+    torch.testing.assert_close(w, w.mH, atol=1e-12, rtol=0)
+    eigenvalues = torch.linalg.eigvalsh(w)
+    assert eigenvalues.min() >= -1 - 1e-12 and eigenvalues.max() <= 1 + 1e-12
+    torch.testing.assert_close(eigenvalues[1:, 3:], torch.ones(4, 5, dtype=torch.float64))
+    assert (eigenvalues[1:, :3] < -1 + 1e-4).all()  # full rank: orthogonal up to eps
+    assert eigenvalues[0, :3].max() > -0.99  # s^2 ~ eps: a partial reflection
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_bro_starts_as_a_reflection_and_zero_v_is_the_identity(kernel: int) -> None:
+    """V = [I_r; 0] at the centre tap reflects the first r = c // 2 channels; V = 0 (where
+    eps would be 0 but for its floor) leaves every channel alone."""
+    layer = BROConv2d(6, 6, kernel).double()
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64)
+    sign = torch.tensor([-1.0] * 3 + [1.0] * 3, dtype=torch.float64)[:, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), sign * x, atol=1e-4, rtol=0)
+        layer.weight.zero_()
+        for training in (True, False):
+            torch.testing.assert_close(layer.train(training)(x), x, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match=r"rank must be in \[1, 5\]"):
+        BROConv2d(6, 6, kernel, rank=6)
+
+
+@pytest.mark.parametrize("cls", [CayleyConv2d, LOTConv2d, BROConv2d])
 def test_eval_weight_is_float64_materialisation_cast(cls: type[torch.nn.Module]) -> None:
     """A float32 layer's cached eval weight is the float64 computation cast to complex64."""
     torch.manual_seed(0)
@@ -205,7 +238,7 @@ def test_cayley_linear_eval_weight_is_float64_materialisation_cast() -> None:
     assert torch.equal(layer.cached_weight(), reference.float())
 
 
-@pytest.mark.parametrize("cls", [CayleyConv2d, LOTConv2d])
+@pytest.mark.parametrize("cls", [CayleyConv2d, LOTConv2d, BROConv2d])
 def test_eval_cache_holds_one_weight_per_size(cls: type[torch.nn.Module]) -> None:
     """Alternating input sizes in eval gives the right answer for each, from the cache."""
     torch.manual_seed(0)
@@ -221,7 +254,9 @@ def test_eval_cache_holds_one_weight_per_size(cls: type[torch.nn.Module]) -> Non
     first = layer.cached_weight(8, 8)
     layer(inputs[(5, 7)])
     assert layer.cached_weight(8, 8) is first
-    assert first.shape[:2] == ((8, 5) if cls is CayleyConv2d else (10, 6))  # rfft grids
+    assert first.shape[:2] == (
+        (8, 5) if cls is CayleyConv2d else (10, 6)
+    )  # rfft grids (LOT, BRO: padded)
 
 
 @pytest.mark.parametrize("size", [(6, 4), (5, 7), (8, 9), (1, 2)])
