@@ -220,8 +220,7 @@ def calibrate_cell(
     threads: int | None = None,
 ) -> Calibration:
     """Seconds per epoch of a cell on this device: timed training batches (after
-    WARMUP_BATCHES untimed ones)
-    times batches per epoch, with ``threads`` torch threads (a trial's ``--cpus-per-trial``).
+    WARMUP_BATCHES untimed ones) times batches per epoch, with ``threads`` torch threads (a trial's ``--cpus-per-trial``).
     An epoch shorter than ``batches`` batches is timed over its own batches only, and an
     epoch's short last batch is timed on its own (its own shape, after its own warm-up). The
     median batch counts; a measurement whose batches spread more than MAX_SPREAD (a busy

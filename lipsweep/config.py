@@ -265,7 +265,8 @@ def check_config(config: SweepConfig) -> None:
         raise InputError(f"sweep_id {config.sweep_id!r} must be letters, digits, '_', '.' or '-'")
     _choices("datasets", config.datasets, DATASETS)
     _choices("sizes", config.sizes, SIZES)
-    plugins = [m for m in config.methods if isinstance(m, str) and is_plugin(m)]
+    methods = config.methods if isinstance(config.methods, tuple) else ()  # else: _choices says
+    plugins = [m for m in methods if isinstance(m, str) and is_plugin(m)]
     _choices("methods", config.methods, [*SPECS, *plugins], "or an import path mypkg.mod:Class")
     if not isinstance(config.budgets, tuple) or not config.budgets:
         raise InputError("--budget is empty: give budgets such as 2h,10h,24h")

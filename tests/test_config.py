@@ -49,6 +49,7 @@ def test_config_round_trips_through_sweep_json_with_its_backend(tmp_path: Path) 
     "edit,message",
     [
         ({"methods": ["aol", "nope"]}, "unknown method 'nope'"),
+        ({"methods": 5}, "--methods is empty"),
         ({"trials": -3}, "--trials must be at least 1, got -3"),
         ({"budgets": ["2x"]}, "cannot read budget '2x'"),
         ({"lr_range": [0.1, 0.01]}, "--lr-range needs 0 < LOW < HIGH"),
