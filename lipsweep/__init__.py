@@ -41,3 +41,11 @@ def certify_model(model: Any, data: Any, **options: Any) -> Certificate:
         device = next(model.parameters()).device
         data = Batches(data, 256, False, torch.Generator(), device)
     return certify(model, data, **options)
+
+
+def load_exported(path: str | Path) -> Any:
+    """A model written by ``lipsweep export`` (``lipsweep.export.Exported``): ``.module``, the
+    plain torch module, and ``.record`` with its guaranteed ``lipschitz_bound``."""
+    from lipsweep.export import load_exported as load
+
+    return load(Path(path))

@@ -34,6 +34,7 @@ from lipsweep.layers.bro import BROConv2d
 from lipsweep.layers.cayley import CayleyConv2d, CayleyLinear
 from lipsweep.layers.channels import FirstChannels, MaxMin, ZeroChannelPad
 from lipsweep.layers.cpl import CPLConv2d
+from lipsweep.layers.fixed import ResidualStep, SkewSeries, SpectralConv
 from lipsweep.layers.lot import LOTConv2d
 from lipsweep.layers.norms import (
     circular_conv_norm,
@@ -199,8 +200,23 @@ def lot_bound(layer: LOTConv2d | BROConv2d, size: Size) -> float:
     """LOT, BRO: crop(irfft2(W(f) rfft2(pad(x)))): zero padding is an isometric embedding and the
     crop a projection, so the norm is <= that of the padded-grid map, bounded as Cayley's. For
     k = 1 the weight is one real matrix applied at every pixel (a 1 x 1 conv): its norm."""
-    weight = layer.cached_weight(*spatial(size, layer))
+    return spectral_weight_bound(layer.cached_weight(*spatial(size, layer)))
+
+
+def spectral_weight_bound(weight: torch.Tensor) -> float:
+    """A grid of per-frequency matrices (``fft_weight_bound``), or one real matrix applied at
+    every pixel (a 1 x 1 conv: its norm)."""
     return fft_weight_bound(weight) if weight.is_complex() else spectral_norm(weight).item()
+
+
+def fixed_spectral_bound(layer: SpectralConv, size: Size) -> float:
+    """An exported Cayley, LOT or BRO layer (``SpectralConv``): the same map as the layer it
+    was frozen from, bounded the same way (Cayley's p = 0 is LOT's argument without the pad).
+    Its grid only fits inputs of the size it was built for."""
+    expected = layer.input_hw
+    if expected is not None and tuple(spatial(size, layer)) != expected:
+        raise TypeError(f"SpectralConv was built for {expected} inputs, not {size}")
+    return spectral_weight_bound(layer.weight)
 
 
 def fft_weight_bound(grid: torch.Tensor) -> float:
@@ -218,11 +234,20 @@ def soc_bound(layer: SOCConv2d, size: Size) -> float:
     ||p(A)|| = max |p(i t)| <= ``series_norm_bound(T, rho)``. Otherwise (never for SOC's own
     weights) the triangle inequality gives sum_j rho^j / j!."""
     kernel, _ = layer.cached_weight()
+    return series_bound(kernel, layer.eval_terms, size, layer)
+
+
+def fixed_series_bound(layer: SkewSeries, size: Size) -> float:
+    """An exported SOC layer (``SkewSeries``): ``soc_bound``'s argument on its fixed filter."""
+    return series_bound(layer.kernel, layer.terms, size, layer)
+
+
+def series_bound(kernel: torch.Tensor, terms: int, size: Size, layer: nn.Module) -> float:
     rho = torus_bound(kernel, *spatial(size, layer)).item()
     skew = kernel.shape[-1] % 2 == 1 and torch.equal(kernel, -kernel.transpose(0, 1).flip(2, 3))
     if skew:
-        return series_norm_bound(layer.eval_terms, rho)
-    return sum(rho**j / math.factorial(j) for j in range(layer.eval_terms + 1))
+        return series_norm_bound(terms, rho)
+    return sum(rho**j / math.factorial(j) for j in range(terms + 1))
 
 
 def residual_bound(layer: CPLConv2d | SLLConv2d, size: Size) -> float:
@@ -239,11 +264,31 @@ def residual_bound(layer: CPLConv2d | SLLConv2d, size: Size) -> float:
     height, width = spatial(size, layer)
     args = (height, width) if layer.size_dependent else ()
     kernel, scale = layer.cached_weight(*args)
+    # CPL's eval scale was computed from ``kernel_bound`` of this very kernel: reuse it.
+    norm = layer.kernel_bound if isinstance(layer, CPLConv2d) else same_conv_bound
+    return residual_map_bound(kernel, scale, height, width, norm)
+
+
+def fixed_residual_bound(layer: ResidualStep, size: Size) -> float:
+    """An exported CPL or SLL layer (``ResidualStep``): ``residual_bound``'s argument on its
+    fixed kernel and scale."""
+    return residual_map_bound(layer.kernel, layer.scale, *spatial(size, layer), same_conv_bound)
+
+
+def residual_map_bound(
+    kernel: torch.Tensor,
+    scale: torch.Tensor,
+    height: int,
+    width: int,
+    norm: Callable[[torch.Tensor, int, int], torch.Tensor],
+) -> float:
+    """``residual_bound`` for a kernel and scale; ``norm`` a guaranteed norm of the zero-padded
+    conv with a kernel (``same_conv_bound``, or CPL's cached value of it)."""
     scale = scale.double().reshape(-1)
-    if isinstance(layer, CPLConv2d) and scale.numel() == 1 and scale.item() >= 0:
-        # One step r for every channel: lam = r ||K||^2 <= r sigma_g^2 with sigma_g the
-        # layer's own guaranteed norm of this very kernel (``kernel_bound``).
-        lam = scale.item() * layer.kernel_bound(kernel, height, width).item() ** 2
+    if scale.numel() == 1 and scale.item() >= 0:
+        # One step r for every channel (CPL): lam = r ||K||^2 <= r sigma_g^2, sigma_g a
+        # guaranteed norm of this very kernel.
+        lam = scale.item() * norm(kernel, height, width).item() ** 2
         return max(1.0, lam - 1.0)
     if (scale >= 0).all():
         root = scale.sqrt().reshape(-1, 1, 1, 1)
@@ -265,6 +310,9 @@ BOUNDS: tuple[tuple[type[nn.Module], Callable[..., float]], ...] = (
     (SOCConv2d, soc_bound),
     (CPLConv2d, residual_bound),
     (SLLConv2d, residual_bound),
+    (SpectralConv, fixed_spectral_bound),
+    (SkewSeries, fixed_series_bound),
+    (ResidualStep, fixed_residual_bound),
     (BjorckLinear, dense_head_bound),
     (CayleyLinear, dense_head_bound),
     (nn.Conv2d, conv2d_bound),  # after the layers above: StandardConv2d and any plain conv
