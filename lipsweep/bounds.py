@@ -34,15 +34,17 @@ from lipsweep.layers.bro import BROConv2d
 from lipsweep.layers.cayley import CayleyConv2d, CayleyLinear
 from lipsweep.layers.channels import FirstChannels, MaxMin, ZeroChannelPad
 from lipsweep.layers.cpl import CPLConv2d
-from lipsweep.layers.fixed import ResidualStep, SkewSeries, SpectralConv
+from lipsweep.layers.fixed import ResidualStep, SandwichStep, SkewSeries, SpectralConv
 from lipsweep.layers.lot import LOTConv2d
 from lipsweep.layers.norms import (
+    ROUNDING_SLACK,
     circular_conv_norm,
     same_conv_bound,
     spectral_norm,
     torus_bound,
     zero_padding_torus,
 )
+from lipsweep.layers.sandwich import SandwichConv2d
 from lipsweep.layers.sll import SLLConv2d
 from lipsweep.layers.soc import SOCConv2d, series_norm_bound
 
@@ -301,6 +303,31 @@ def residual_map_bound(
     return 1.0 + scale.abs().max().item() * norm**2
 
 
+def sandwich_bound(layer: SandwichConv2d, size: Size) -> float:
+    """Sandwich: y = sqrt(2) A^* Psi ReLU(sqrt(2) Psi^{-1} B x + b), Jacobians J = 2 A^* D B
+    with D diagonal in [0, 1] (the argument is in ``lipsweep.layers.sandwich``): ||J|| <=
+    min(||[A B]||^2, 2 ||A|| ||B||). A and B are real circular convolutions given on the rfft
+    grid, bounded per frequency as Cayley's (``cayley_bound``); so is [A B], whose symbol at f is
+    [A(f) B(f)], with A(f) = (A^*(f))^H."""
+    return sandwich_grid_bound(*layer.cached_weight(*spatial(size, layer)))
+
+
+def fixed_sandwich_bound(layer: SandwichStep, size: Size) -> float:
+    """An exported Sandwich layer: ``sandwich_bound`` on its fixed grids."""
+    if tuple(spatial(size, layer)) != layer.input_hw:
+        raise TypeError(f"SandwichStep was built for {layer.input_hw} inputs, not {size}")
+    return sandwich_grid_bound(layer.a_adjoint, layer.b)
+
+
+def sandwich_grid_bound(a_adjoint: torch.Tensor, b: torch.Tensor) -> float:
+    """min(||W||^2, 2 ||A|| ||B||), W = [A B]. ``fft_weight_bound`` is sqrt(lam) (1 + slack) for
+    the top Gram eigenvalue lam; ||W||^2 needs lam (1 + slack) only (the slack covers lam's
+    rounding), not the square of the inflated norm."""
+    joint = fft_weight_bound(torch.cat([a_adjoint.mH, b], dim=-1)) / (1 + ROUNDING_SLACK)
+    squared = joint**2 * (1 + ROUNDING_SLACK)
+    return min(squared, 2 * fft_weight_bound(a_adjoint) * fft_weight_bound(b))
+
+
 BOUNDS: tuple[tuple[type[nn.Module], Callable[..., float]], ...] = (
     (AOLConv2d, circular_bound),
     (BCOPConv2d, circular_bound),
@@ -310,7 +337,9 @@ BOUNDS: tuple[tuple[type[nn.Module], Callable[..., float]], ...] = (
     (SOCConv2d, soc_bound),
     (CPLConv2d, residual_bound),
     (SLLConv2d, residual_bound),
+    (SandwichConv2d, sandwich_bound),
     (SpectralConv, fixed_spectral_bound),
+    (SandwichStep, fixed_sandwich_bound),
     (SkewSeries, fixed_series_bound),
     (ResidualStep, fixed_residual_bound),
     (BjorckLinear, dense_head_bound),

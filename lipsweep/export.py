@@ -31,8 +31,9 @@ from lipsweep.layers.bcop import BCOPConv2d, BjorckLinear
 from lipsweep.layers.bro import BROConv2d
 from lipsweep.layers.cayley import CayleyConv2d, CayleyLinear
 from lipsweep.layers.cpl import CPLConv2d
-from lipsweep.layers.fixed import ResidualStep, SkewSeries, SpectralConv
+from lipsweep.layers.fixed import ResidualStep, SandwichStep, SkewSeries, SpectralConv
 from lipsweep.layers.lot import LOTConv2d
+from lipsweep.layers.sandwich import SandwichConv2d
 from lipsweep.layers.sll import SLLConv2d
 from lipsweep.layers.soc import SOCConv2d
 from lipsweep.model import ConvNet
@@ -88,9 +89,13 @@ def freeze_stage(module: nn.Module, size: Size) -> nn.Module:
             matrix, bias = weight if isinstance(weight, tuple) else (weight, module.bias)
             return linear(matrix, bias)
         if isinstance(module, CayleyConv2d):
-            return SpectralConv(module.cached_weight(*_hw(size)), module.bias, 0)
+            return SpectralConv(module.cached_weight(*_hw(size)), module.bias, 0, _hw(size))
         if isinstance(module, LOTConv2d | BROConv2d):
-            return SpectralConv(module.cached_weight(*_hw(size)), module.bias, module.padding)
+            weight = module.cached_weight(*_hw(size))
+            return SpectralConv(weight, module.bias, module.padding, _hw(size))
+        if isinstance(module, SandwichConv2d):
+            a_adjoint, b = module.cached_weight(*_hw(size))
+            return SandwichStep(a_adjoint, b, module.psi, module.bias, _hw(size))
         if isinstance(module, CPLConv2d):
             kernel, scale = module.cached_weight(*_hw(size))
             return ResidualStep(kernel, module.bias, scale)
@@ -178,7 +183,7 @@ def _config(model: ConvNet) -> dict[str, Any]:
 def _save_onnx(frozen: nn.Module, example: torch.Tensor, out: Path, record: dict) -> None:
     """ONNX where the graph allows it: ONNX has no complex tensors, so the FFT-domain
     layers (Cayley, LOT, BRO with k > 1) cannot be written; the record goes beside the file."""
-    if any(isinstance(m, SpectralConv) and m.weight.is_complex() for m in frozen.modules()):
+    if any(buffer.is_complex() for buffer in frozen.buffers()):
         raise NotExportable(
             "this model applies complex per-frequency matrices, which ONNX cannot express: "
             "export it with --format pt2"

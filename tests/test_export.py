@@ -17,7 +17,7 @@ from lipsweep.attempt import TrialSpec, run_attempt
 from lipsweep.bounds import model_bound
 from lipsweep.config import SweepConfig
 from lipsweep.export import export_checkpoint, freeze
-from lipsweep.layers.fixed import ResidualStep, SkewSeries, SpectralConv
+from lipsweep.layers.fixed import ResidualStep, SandwichStep, SkewSeries, SpectralConv
 from lipsweep.layers.registry import SPECS
 from lipsweep.loss import offset_cross_entropy
 from lipsweep.model import ConvNet, build_model
@@ -27,9 +27,9 @@ from tests.analysis.conftest import history_rows, row_of
 from tests.test_cli import run as run_cli
 
 METHODS = list(SPECS)  # the standard conv and every 1-Lipschitz method
-FIXED_FORM = {"cayley": SpectralConv, "lot": SpectralConv, "bro": SpectralConv,
+FIXED_FORM = {"cayley": SpectralConv, "lot": SpectralConv, "bro": SpectralConv, "sandwich": SandwichStep,
               "cpl": ResidualStep, "sll": ResidualStep, "soc": SkewSeries}  # fmt: skip
-COMPLEX = {"cayley", "lot", "bro"}  # per-frequency matrices: no ONNX
+COMPLEX = {"cayley", "lot", "bro", "sandwich"}  # per-frequency matrices: no ONNX
 
 
 def trained(method: str, steps: int = 3) -> ConvNet:

@@ -24,6 +24,7 @@ _CLASSES = {
     "CayleyLinear": "cayley",
     "LOTConv2d": "lot",
     "SLLConv2d": "sll",
+    "SandwichConv2d": "sandwich",
     "SOCConv2d": "soc",
     "StandardConv2d": "standard",
     "FirstChannels": "channels",

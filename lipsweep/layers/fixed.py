@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lipsweep.layers.numerics import padded_spectral_conv
+from lipsweep.layers.sandwich import sandwich_apply
 from lipsweep.layers.sll import residual_step
 
 
@@ -23,19 +24,15 @@ class SpectralConv(nn.Module):
     (W + 2p) // 2 + 1, C, C): Cayley (p = 0), LOT and BRO (p = k // 2). A real W (C, C) (their
     k = 1 form) is the same matrix at every pixel. W is only valid for inputs of ``input_hw``."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, padding: int) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor, padding: int, input_hw: tuple[int, int]
+    ) -> None:
         super().__init__()
         self.register_buffer("weight", weight.detach().clone())
         self.register_buffer("bias", bias.detach().clone())
         self.padding = int(padding)
-
-    @property
-    def input_hw(self) -> tuple[int, int] | None:
-        """The (H, W) the frequency grid was built for (None for a real, size-free matrix)."""
-        if not self.weight.is_complex():
-            return None
-        rows, columns = self.weight.shape[:2]
-        return rows - 2 * self.padding, 2 * (columns - 1) - 2 * self.padding
+        # The (H, W) a complex grid was built for (None for a real, size-free matrix).
+        self.input_hw = (int(input_hw[0]), int(input_hw[1])) if weight.is_complex() else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return padded_spectral_conv(x, self.weight, self.bias, self.padding)
@@ -71,3 +68,27 @@ class SkewSeries(nn.Module):
             term = F.conv2d(term, self.kernel, padding=self.kernel.shape[-1] // 2) / i
             out = out + term
         return out + self.bias[:, None, None]
+
+
+class SandwichStep(nn.Module):
+    """Sandwich: sqrt(2) A^* Psi ReLU(sqrt(2) Psi^{-1} B x + b) with fixed rfft-grid matrices of
+    A^* and B (``sandwich``'s ``sandwich_apply``), valid for inputs of the size they were built
+    for."""
+
+    def __init__(
+        self,
+        a_adjoint: torch.Tensor,
+        b: torch.Tensor,
+        psi: torch.Tensor,
+        bias: torch.Tensor,
+        input_hw: tuple[int, int],
+    ) -> None:
+        super().__init__()
+        self.register_buffer("a_adjoint", a_adjoint.detach().clone())
+        self.register_buffer("b", b.detach().clone())
+        self.register_buffer("psi", psi.detach().clone())
+        self.register_buffer("bias", bias.detach().clone())
+        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sandwich_apply(x, self.a_adjoint, self.b, self.psi, self.bias)

@@ -108,6 +108,10 @@ SPECS: dict[str, MethodSpec] = {
         MethodSpec("bro", "BRO", _L + "bro:BROConv2d",
                    {"param_s": _t1("s^2 c^3 (ours)", 3, 2), "input_s": _t1("b s^2 c^2 (ours)", 2, 2),
                     "param_mem": _t1("2 s^2 c^2 (ours)", 2, 2), "input_mem": _t1("3M (ours)", 1, 2)}),
+        # Not in the paper's comparison (ICML 2023; left out for vanishing gradients).
+        MethodSpec("sandwich", "Sandwich", _L + "sandwich:SandwichConv2d",
+                   {"param_s": _t1("s^2 c^3 (ours)", 3, 2), "input_s": _t1("2 b s^2 c^2 (ours)", 2, 2),
+                    "param_mem": _t1("3 s^2 c^2 (ours)", 2, 2), "input_mem": _t1("5M (ours)", 1, 2)}),
     )
 }  # fmt: skip
 METHODS: tuple[str, ...] = tuple(name for name in SPECS if name != "standard")

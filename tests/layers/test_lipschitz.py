@@ -20,6 +20,8 @@ TOLERANCE: dict[str, tuple[float, float]] = {
     "cayley": (1e-5, 1e-5),
     # BRO's reflector I - 2V(V^H V + eps I)^-1 V^H has eigenvalues 1 - 2s/(s + eps) in (-1, 1].
     "bro": (1e-5, 1e-5),
+    # Sandwich: Jacobians 2 A^* D B with [A B] exactly orthonormal rows (Cayley): ||J|| <= 1.
+    "sandwich": (1e-5, 1e-5),
     # Truncated Newton-Schulz: unconverged directions shrink (never grow) in exact arithmetic.
     "lot": (1e-4, 1e-4),
     # exp(L) truncated after 5 terms in training (remainder <= |L|^6/6!), 12 in eval.
