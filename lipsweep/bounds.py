@@ -28,6 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from lipsweep.layers.aoc import AOCConv2d
 from lipsweep.layers.aol import AOLConv2d
 from lipsweep.layers.bcop import BCOPConv2d, BjorckLinear
 from lipsweep.layers.bro import BROConv2d
@@ -144,8 +145,8 @@ def spatial(size: Size, module: nn.Module) -> tuple[int, int]:
 # Every affine stage x -> A x + b has Lipschitz constant ||A||; the bias is irrelevant.
 
 
-def circular_bound(layer: AOLConv2d | BCOPConv2d, size: Size) -> float:
-    """AOL, BCOP: F.conv2d after ``circular_same_pad`` is exactly the circular convolution on
+def circular_bound(layer: AOLConv2d | BCOPConv2d | AOCConv2d, size: Size) -> float:
+    """AOL, BCOP, AOC: F.conv2d after ``circular_same_pad`` is exactly the circular convolution on
     the H x W torus (the pad wraps as often as needed), so ``circular_conv_norm`` is its norm."""
     weight = layer.cached_weight()
     kernel = weight[0] if isinstance(weight, tuple) else weight
@@ -331,6 +332,7 @@ def sandwich_grid_bound(a_adjoint: torch.Tensor, b: torch.Tensor) -> float:
 BOUNDS: tuple[tuple[type[nn.Module], Callable[..., float]], ...] = (
     (AOLConv2d, circular_bound),
     (BCOPConv2d, circular_bound),
+    (AOCConv2d, circular_bound),
     (CayleyConv2d, cayley_bound),
     (LOTConv2d, lot_bound),
     (BROConv2d, lot_bound),

@@ -1,8 +1,8 @@
 """Export a final run's model as a plain PyTorch program that runs without lipsweep.
 
 ``freeze`` turns the eval model into fixed modules holding the weights the eval layers cache:
-``nn.Conv2d`` (circular padding) where a method's inference is one conv (AOL, BCOP, the standard
-conv), ``nn.Linear`` for the dense heads, and the fixed forms of ``lipsweep.layers.fixed``
+``nn.Conv2d`` (circular padding) where a method's inference is one conv (AOL, BCOP, AOC, the
+standard conv), ``nn.Linear`` for the dense heads, and the fixed forms of ``lipsweep.layers.fixed``
 otherwise (per-frequency matrices for Cayley, LOT and BRO; residual steps with fixed kernels for
 CPL and SLL; SOC's fixed series). ``export_checkpoint`` traces that with ``torch.export`` (the
 batch size left free) and saves the program with a ``lipsweep.json`` record: the cell, the
@@ -26,6 +26,7 @@ from torch import nn
 
 from lipsweep.atomic import write_atomic
 from lipsweep.bounds import Size, model_bound, output_size
+from lipsweep.layers.aoc import AOCConv2d
 from lipsweep.layers.aol import AOLConv2d
 from lipsweep.layers.bcop import BCOPConv2d, BjorckLinear
 from lipsweep.layers.bro import BROConv2d
@@ -78,7 +79,7 @@ def _freeze(module: nn.Module, size: Size) -> tuple[nn.Module, Size]:
 def freeze_stage(module: nn.Module, size: Size) -> nn.Module:
     """One stage's fixed form; a parameter-free stage is kept as it is."""
     with torch.no_grad():
-        if isinstance(module, AOLConv2d | BCOPConv2d):
+        if isinstance(module, AOLConv2d | BCOPConv2d | AOCConv2d):
             weight = module.cached_weight()
             kernel, bias = weight if isinstance(weight, tuple) else (weight, module.bias)
             return circular_conv(kernel, bias)

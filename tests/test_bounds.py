@@ -83,10 +83,10 @@ def make_expansive(layer: nn.Module, method: str) -> None:
     layer.cached_weight = scaled
 
 
-# Stated factors: bound <= factor * exact. Circular convs (AOL, BCOP, Cayley, standard) are
+# Stated factors: bound <= factor * exact. Circular convs (AOL, BCOP, AOC, Cayley, standard) are
 # bounded exactly; zero padding (CPL, SLL, SOC) and LOT's crop pay the torus's slack, largest
 # on these tiny grids (2 x 3 with k = 3: the torus is twice the image).
-FACTOR = {"standard": ONE, "aol": ONE, "bcop": ONE, "cayley": ONE}
+FACTOR = {"standard": ONE, "aol": ONE, "bcop": ONE, "aoc": ONE, "cayley": ONE}
 # Sandwich (nonlinear): its exact norm here is the max over 3 sampled points' Jacobians, below
 # the sup over activation patterns that min(||[A B]||^2, 2 ||A|| ||B||) bounds.
 FACTOR["sandwich"] = 1.05

@@ -1,5 +1,5 @@
-"""The seven 1-Lipschitz convolutions of the paper, BRO (ICML 2025) and the standard conv, in one
-registry.
+"""The seven 1-Lipschitz convolutions of the paper, AOC and BRO (ICML 2025), Sandwich (ICML 2023)
+and the standard conv, in one registry.
 
 Every class is built as ``LAYERS[name](in_channels, out_channels, kernel_size)`` and maps
 (B, C, H, W) to (B, C, H, W) for any H, W. What else is known of a method (its head, display
@@ -15,6 +15,7 @@ from typing import Any
 from lipsweep.layers.registry import METHODS, SPECS, MethodSpec, display_name, spec
 
 _CLASSES = {
+    "AOCConv2d": "aoc",
     "AOLConv2d": "aol",
     "BCOPConv2d": "bcop",
     "BjorckLinear": "bcop",

@@ -17,6 +17,7 @@ TOLERANCE: dict[str, tuple[float, float]] = {
     # Exactly orthogonal maps up to float64 round-off; BCOP's 20 Bjorck steps never push a
     # singular value above 1 after power-iteration pre-scaling.
     "bcop": (1e-5, 1e-5),
+    "aoc": (1e-5, 1e-5),  # BCOP's argument: Bjorck from sigma_max <= 1, contractions multiplied
     "cayley": (1e-5, 1e-5),
     # BRO's reflector I - 2V(V^H V + eps I)^-1 V^H has eigenvalues 1 - 2s/(s + eps) in (-1, 1].
     "bro": (1e-5, 1e-5),
@@ -32,7 +33,7 @@ TOLERANCE: dict[str, tuple[float, float]] = {
 }
 # Orthogonal layers keep sigma_min ~ 1 (eval mode). LOT only without padding: its zero padding
 # and crop make the map a compression of an orthogonal one, so sigma_min < 1 is correct there.
-ORTHOGONAL = {"bcop": 1e-4, "cayley": 1e-5, "soc": 1e-4, "lot": 1e-3}
+ORTHOGONAL = {"bcop": 1e-4, "aoc": 1e-4, "cayley": 1e-5, "soc": 1e-4, "lot": 1e-3}
 SHAPES = [(3, 4, 8), (3, 6, 6), (1, 8, 6)]  # (kernel, channels, spatial size)
 
 
