@@ -230,18 +230,23 @@ def _has_data(frame: pd.DataFrame, column: str) -> bool:
 def cra_gpu_hours_figure(
     frame: pd.DataFrame, out_dir: Path, metric: str = "cra_36", name: str = "cra_gpu_hours"
 ) -> list[Path]:
-    """Certified accuracy (percent) against GPU-hours spent per model, one panel per dataset.
+    """Certified accuracy (percent) against GPU-hours spent per model, one panel per dataset
+    (``cra_gpu_hours_plot``), saved as PNG and SVG; [] without data."""
+    figure = cra_gpu_hours_plot(frame, metric)
+    return [] if figure is None else save(figure, out_dir / name)
 
-    ``frame`` has columns method, size, ``metric``, gpu_hours_spent (or gpu_hours) and
+
+def cra_gpu_hours_plot(frame: pd.DataFrame, metric: str = "cra_36") -> Figure | None:
+    """``frame`` has columns method, size, ``metric``, gpu_hours_spent (or gpu_hours) and
     optionally dataset and budget; every model is a point labelled with its size and budget.
     The x axis is logarithmic when the hours span LOG_SPAN or more; CPU-only sweeps say
     device-hours."""
     hours = "gpu_hours_spent" if "gpu_hours_spent" in frame else "gpu_hours"
     if hours not in frame or metric not in frame:
-        return []
+        return None
     points = frame[frame[hours].gt(0) & frame[metric].notna()]
     if points.empty:
-        return []
+        return None
     datasets = _datasets(points)
     on_gpu = "device" not in points or not points["device"].astype(str).str.startswith("cpu").all()
     unit = "GPU-hours" if on_gpu else "device-hours"
@@ -263,17 +268,27 @@ def cra_gpu_hours_figure(
                 axes.annotate(text, (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
         readable_x(axes, rows[hours].to_numpy(float).tolist())
         axes.set_xlabel(f"{unit} spent per model", fontsize=8)
-        axes.set_ylabel(metric_label(metric), fontsize=8)
-        top = 100.0 * rows[metric].max() if len(rows) else 0.0
-        axes.set_ylim(0, max(5.0, 1.1 * top))  # an all-zero CRA still gets a readable axis
-        if top == 0:
-            axes.text(0.5, 0.5, "no model certifies any point", transform=axes.transAxes,
-                      ha="center", fontsize=8, color="0.4")  # fmt: skip
-        axes.grid(True, alpha=0.3)
+        cra_axis(axes, rows, metric)
         if dataset is not None:
             axes.set_title(dataset_name(dataset), fontsize=9)
     grid[-1].legend(fontsize=7)
-    return save(figure, out_dir / name)
+    return figure
+
+
+def cra_axis(axes: Axes, rows: pd.DataFrame, metric: str) -> None:
+    """The percent y axis of ``metric`` from 0 to above the highest point or error bar; an
+    all-zero metric still gets a readable axis (0 to 5%) and a note instead of matplotlib's
+    -0.05 to 0.05."""
+    values = rows[metric].astype(float)
+    top = 100.0 * values.max() if len(values) else 0.0
+    error = rows[f"{metric}_ci95"].astype(float).fillna(0.0) if f"{metric}_ci95" in rows else 0.0
+    highest = 100.0 * (values + error).max() if len(values) else 0.0
+    axes.set_ylim(0, max(5.0, 1.1 * highest))
+    axes.set_ylabel(metric_label(metric), fontsize=8)
+    if top == 0:
+        axes.text(0.5, 0.5, "no model certifies any point", transform=axes.transAxes,
+                  ha="center", fontsize=8, color="0.4")  # fmt: skip
+    axes.grid(True, alpha=0.3)
 
 
 # (column, axis label, scale, lower is better) of the Pareto panels.
@@ -296,37 +311,63 @@ def dominated(x: np.ndarray, y: np.ndarray, lower_x_better: bool) -> np.ndarray:
 def pareto_figure(
     frame: pd.DataFrame, out_dir: Path, metric: str = "cra_36", name: str = "pareto"
 ) -> list[Path]:
+    """The Pareto figure (``pareto_plot``) saved as PNG and SVG; [] without data."""
+    figure = pareto_plot(frame, metric)
+    return [] if figure is None else save(figure, out_dir / name)
+
+
+def pareto_plot(frame: pd.DataFrame, metric: str = "cra_36") -> Figure | None:
     """CRA against device-hours, inference throughput and training memory, one row of panels
     per dataset: each model a point, the dominated ones grey, the front in its method's
-    colour; seed intervals as error bars where the rows have them."""
+    colour and labelled (with the budget where a method and size has several); seed
+    intervals as error bars where the rows have them. Implausible memory peaks are left out
+    with a note, as in the memory figure."""
     panels = [p for p in PARETO_AXES if _has_data(frame, p[0])]
     if metric not in frame or not panels or frame[metric].notna().sum() == 0:
-        return []
+        return None
     points = frame[frame[metric].notna()]
     datasets = _datasets(points)
     figure = _figure(len(datasets), len(panels), PANEL)
     grid = figure.subplots(len(datasets), len(panels), squeeze=False)
-    interval = f"{metric}_ci95"
     for r, dataset in enumerate(datasets):
         rows = _rows_of(points, dataset)
         for c, (column, label, scale, lower) in enumerate(panels):
-            axes, usable = grid[r][c], rows[pd.to_numeric(rows[column], errors="coerce").gt(0)]
-            x = usable[column].to_numpy(float) / scale
-            y = 100.0 * usable[metric].to_numpy(float)
-            behind = dominated(x, y, lower)
-            for i, (_, row) in enumerate(usable.iterrows()):
-                color = "0.75" if behind[i] else method_color(str(row["method"]))
-                error = row.get(interval)
-                axes.errorbar(x[i], y[i], yerr=None if pd.isna(error) else 100.0 * error,
-                              fmt="o", color=color, markersize=4, capsize=2)  # fmt: skip
-                if not behind[i]:
-                    text = f"{method_name(str(row['method']))} {row['size']}"
-                    axes.annotate(text, (x[i], y[i]), fontsize=6, xytext=(3, 3),
-                                  textcoords="offset points")  # fmt: skip
-            readable_x(axes, x.tolist())
-            axes.set_xlabel(label, fontsize=8)
-            axes.set_ylabel(metric_label(metric), fontsize=8)
-            axes.grid(True, alpha=0.3)
+            _pareto_panel(grid[r][c], rows, column, scale, lower, metric)
+            grid[r][c].set_xlabel(label, fontsize=8)
             if dataset is not None:
-                axes.set_title(f"{dataset_name(dataset)}: grey = dominated", fontsize=9)
-    return save(figure, out_dir / name)
+                grid[r][c].set_title(dataset_name(dataset), fontsize=9)
+    figure.suptitle(
+        f"Pareto front: {metric_label(metric)} against cost; grey = dominated", fontsize=9
+    )
+    return figure
+
+
+def _pareto_panel(
+    axes: Axes, rows: pd.DataFrame, column: str, scale: float, lower: bool, metric: str
+) -> None:
+    values = pd.to_numeric(rows[column], errors="coerce")
+    implausible = column.endswith("_peak_bytes") & values.lt(MIN_PLAUSIBLE_BYTES)
+    usable = rows[values.gt(0) & ~implausible]
+    x = usable[column].to_numpy(float) / scale
+    y = 100.0 * usable[metric].to_numpy(float)
+    behind = dominated(x, y, lower)
+    several = (
+        usable.groupby(["method", "size"])["budget"].transform("nunique").gt(1).to_numpy()
+        if "budget" in usable
+        else np.zeros(len(usable), bool)
+    )
+    for i, (_, row) in enumerate(usable.iterrows()):
+        color = "0.75" if behind[i] else method_color(str(row["method"]))
+        error = row.get(f"{metric}_ci95")
+        axes.errorbar(x[i], y[i], yerr=None if pd.isna(error) else 100.0 * error,
+                      fmt="o", color=color, markersize=4, capsize=2)  # fmt: skip
+        if not behind[i]:
+            text = f"{method_name(str(row['method']))} {row['size']}"
+            text += f" {row['budget']}" if several[i] else ""
+            axes.annotate(text, (x[i], y[i]), fontsize=6, xytext=(3, 3),
+                          textcoords="offset points")  # fmt: skip
+    readable_x(axes, x.tolist())
+    cra_axis(axes, usable, metric)
+    if implausible.any():
+        note = f"{int(implausible.sum())} value(s) < 1 MiB left out: not a plausible peak"
+        axes.text(0.02, 0.02, note, transform=axes.transAxes, fontsize=6, color="0.4")

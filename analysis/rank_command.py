@@ -27,7 +27,12 @@ from analysis.load import (
 from analysis.paper import paper_results, with_paper_speed
 from analysis.ranking import metric_for_radius, rank_methods, rank_models
 from analysis.ratings import ratings
-from analysis.stability import neighbours, place_probabilities, rating_intervals
+from analysis.stability import (
+    count_probabilities,
+    neighbours,
+    place_probabilities,
+    rating_intervals,
+)
 from analysis.tables import delta_table, rich_ranking, rich_table2, rich_top_models, table2
 from lipsweep.budget import budget_seconds
 
@@ -44,10 +49,11 @@ def sweep_models(dirs: Sequence[Path], metric: str) -> tuple[pd.DataFrame, pd.Da
 def print_ranking(
     models: pd.DataFrame, top: Sequence[int], metric: str, source: str, console: Console
 ) -> None:
-    """The method ranking per budget, then each group's best models."""
+    """The method ranking per budget, then each group's best models (budgets by duration)."""
     ranking = rank_methods(models, top, metric)
-    for (dataset, budget), rows in models.groupby(["dataset", "budget"]):
-        values = rows[metric].dropna()
+    ranked = rank_models(models, metric)
+    for (dataset, budget), rows in ranked.groupby(["dataset", "budget"], sort=False):
+        values = rows[metric]
         if len(values) > 1 and values.nunique() == 1:
             what = "0" if values.iloc[0] == 0 else f"{values.iloc[0]:.4f}"
             console.print(
@@ -56,8 +62,7 @@ def print_ranking(
             )
     for budget, rows in ranking.groupby("budget", sort=False):
         console.print(rich_ranking(rows, f"{source}: ranking by {metric}, budget {budget}"))
-    ranked = rank_models(models, metric)
-    for (dataset, budget), rows in ranked.groupby(["dataset", "budget"]):
+    for (dataset, budget), rows in ranked.groupby(["dataset", "budget"], sort=False):
         title = f"{source}: best models, {dataset}, {budget}"
         console.print(rich_top_models(rows, metric, max(top), title))
 
@@ -78,6 +83,7 @@ def print_stability(
             mark = "yes" if row.separated else "[yellow]no[/]"
             out.add_row(method_name(str(row.method)), str(row.place), f"{row.p:.0%}", mark)
         console.print(out)
+    print_counts(count_probabilities(trials, metric, top), console)
     pairs = neighbours(trials, metric)
     out = Table(title="neighbours in each cell: P(the better mean beats the next, over seeds)")
     for column in ("dataset", "budget", "size", "Method", "beats", "P", "separated"):
@@ -89,6 +95,24 @@ def print_stability(
             method_name(str(row.other)), f"{row.p_beats:.0%}", mark,
         )  # fmt: skip
     console.print(out)
+
+
+def print_counts(counts: pd.DataFrame, console: Console) -> None:
+    """Per budget: each method's top-k counts over the bootstrap draws, as "count (P)"."""
+    for budget, rows in counts.groupby("budget", sort=False):
+        ks = sorted(rows["k"].unique())
+        out = Table(title=f"top-k counts, budget {budget}: count (its probability over seeds)")
+        for column in ("Method", *[f"top{k}" for k in ks]):
+            out.add_column(column, justify="right")
+        for method, mine in rows.groupby("method"):
+            cells = [count_text(mine[mine["k"] == k]) for k in ks]
+            out.add_row(method_name(str(method)), *cells)
+        console.print(out)
+
+
+def count_text(rows: pd.DataFrame) -> str:
+    """ "2 (60%), 3 (40%)": each top-k count and its probability."""
+    return ", ".join(f"{n} ({p:.0%})" for n, p in zip(rows["count"], rows["p"], strict=True))
 
 
 def print_tables(table: pd.DataFrame, title: str, console: Console, signed: bool = False) -> None:

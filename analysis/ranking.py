@@ -59,7 +59,8 @@ def rank_models(
     decimals: int | None = None,
 ) -> pd.DataFrame:
     """Eligible models with a ``rank`` column (1 = best within each group; ties share the
-    better rank). ``decimals`` rounds the metric first (e.g. 3 for the paper's 0.1 %)."""
+    better rank), ordered by group (budgets by duration), then rank. ``decimals`` rounds the
+    metric first (e.g. 3 for the paper's 0.1 %)."""
     models = eligible(frame, metric).copy()
     group = [g for g in group if g in models]
     values = models[metric].astype(float)
@@ -68,8 +69,14 @@ def rank_models(
     models["_value"] = values
     by = models.groupby(group)["_value"] if group else models["_value"]
     models["rank"] = by.rank(method="min", ascending=False).astype(int)
-    ordered = models.sort_values([*group, "rank", "method", "size"]).drop(columns="_value")
-    return ordered.reset_index(drop=True)
+    ordered = models.sort_values([*group, "rank", "method", "size"], key=by_duration)
+    return ordered.drop(columns="_value").reset_index(drop=True)
+
+
+def by_duration(column: pd.Series) -> pd.Series:
+    """A sort key that orders budget labels by duration (2h < 10h < 24h), other columns as
+    they are."""
+    return column.map(budget_seconds) if column.name == "budget" else column
 
 
 def top_k_counts(

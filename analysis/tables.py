@@ -12,6 +12,7 @@ import pandas as pd
 from rich.table import Table
 
 from analysis.load import dataset_name, method_name, size_order
+from analysis.ranking import top_weights
 
 COLUMN_LABELS = {"accuracy": "Acc", "cra_36": "CRA"}
 
@@ -88,9 +89,11 @@ def _cell(value: float, signed: bool, bold: bool) -> str:
 
 
 def rich_ranking(ranking: pd.DataFrame, title: str) -> Table:
-    """A rich table of one budget's ``ranking.rank_methods`` rows."""
+    """A rich table of one budget's ``ranking.rank_methods`` rows, its caption saying what
+    the top-k and score columns count."""
     out = Table(title=title)
     columns = [c for c in ranking.columns if c != "budget"]
+    out.caption = score_caption(sorted(int(c[3:]) for c in columns if c.startswith("top")))
     for column in columns:
         out.add_column(column.capitalize() if column == "method" else column, justify="right")
     for _, row in ranking.iterrows():
@@ -113,3 +116,13 @@ def rich_top_models(ranked: pd.DataFrame, metric: str, limit: int, title: str) -
             str(row["rank"]), method_name(str(row["method"])), str(row["size"]), accuracy, value
         )
     return out
+
+
+def score_caption(ks: Sequence[int]) -> str:
+    """What a method ranking's columns count, e.g. for k = 1, 3, 10: "topk: models (one per
+    size) in the k best of their dataset, cumulative; score = 3 top1 + 2 top3 + top10"."""
+    weights = top_weights(ks)
+    terms = " + ".join(f"{w} top{k}" if w > 1 else f"top{k}" for k, w in weights.items())
+    return (
+        f"topk: models (one per size) in the k best of their dataset, cumulative; score = {terms}"
+    )

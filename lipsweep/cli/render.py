@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 from rich import box
-from rich.console import RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -35,36 +35,57 @@ def plan_table(config: SweepConfig, plans: list[CellPlan], devices: int) -> Tabl
     return table
 
 
-def status_table(status: SweepStatus, jobs: dict[Cell, str] | None = None) -> Table:
+def status_table(status: SweepStatus, jobs: dict[Cell, str] | None = None) -> RenderableType:
+    """The per-cell table, within 80 columns for the longest cell name (tiny-imagenet-XS-cayley)
+    and hours in the hundred thousands; SLURM jobs, when given, in a second table below."""
     config = status.config
     unit = "GPU-h" if config.gpus_per_trial > 0 else "dev-h"
-    table = Table(title=f"sweep {config.sweep_id} in {status.folder}", box=box.SIMPLE_HEAD)
-    # Short headers so that 80 columns hold the longest cell name (tiny-imagenet-XS-cayley).
-    columns = ["cell", "search", "run", "fail", "val CRA", "final", unit, "left"]
-    for column in columns + (["SLURM job"] if jobs else []):
-        left = column in ("cell", "SLURM job")
+    table = Table(
+        title=f"sweep {config.sweep_id} in {status.folder}", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    for column in ("cell", "search", "run", "fail", "val CRA", "final", unit, "left"):
+        left = column == "cell"
         table.add_column(column, justify="left" if left else "right", no_wrap=left)
     for cell in status.cells:
-        row = [
+        table.add_row(
             cell.cell.name,
             f"{cell.search_done}/{config.trials}",
             str(cell.running),
             str(cell.search_failed),
             "-" if math.isnan(cell.best_val_cra) else f"{cell.best_val_cra:.3f}",
             f"{cell.finals_done}/{len(config.budgets) * config.final_seeds}",
-            f"{cell.device_hours:.3f}",
-            "-" if cell.hours_left is None else f"{cell.hours_left:.3f}",
-        ]
-        table.add_row(*row, *([jobs.get(cell.cell, "-")] if jobs else []))
+            hours_text(cell.device_hours),
+            "-" if cell.hours_left is None else hours_text(cell.hours_left),
+        )
     cap = f" of {config.max_gpu_hours:g}" if config.max_gpu_hours else ""
     table.caption = (
         f"search: completed/trials; run: attempts running; val CRA: best validation CRA@36; "
-        f"{unit}: {hours_unit(config)} spent, left: still needed. "
+        f"{unit}: {hours_unit(config)} spent, left: still needed (k = 1000). "
         f"{status.finished} attempts finished, {status.running} running, "
-        f"{status.interrupted} interrupted; {hours_unit(config)} {status.spent_hours:.3f}{cap}"
-        f"{training_text(status)}; {status.eta_text()}"
+        f"{status.interrupted} interrupted; {hours_unit(config)} "
+        f"{hours_text(status.spent_hours)}{cap}{training_text(status)}; {status.eta_text()}"
     )
+    return Group(table, jobs_table(status, jobs)) if jobs else table
+
+
+def jobs_table(status: SweepStatus, jobs: dict[Cell, str]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("cell", no_wrap=True)
+    table.add_column("SLURM job")
+    for cell in status.cells:
+        table.add_row(cell.cell.name, jobs.get(cell.cell, "-"))
     return table
+
+
+def hours_text(hours: float) -> str:
+    """At most 5 characters: 0.004, 12.3, 1235, 12k, 123k."""
+    if hours < 1:
+        return f"{hours:.3f}"
+    if hours < 100:
+        return f"{hours:.1f}"
+    if hours < 9999.5:
+        return f"{hours:.0f}"
+    return f"{hours / 1000:.0f}k"
 
 
 def training_text(status: SweepStatus) -> str:

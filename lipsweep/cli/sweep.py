@@ -5,16 +5,19 @@ from __future__ import annotations
 import os
 import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
 import typer
+from rich.console import RenderableType
 from rich.live import Live
 
 from lipsweep.backends import backend_for
 from lipsweep.backends.base import Monitor
+from lipsweep.budget import format_budget
 from lipsweep.calibrate import make_plans
 from lipsweep.cli.common import (
     DataOpt,
@@ -28,13 +31,20 @@ from lipsweep.cli.common import (
     split_list,
     sweep_folder,
 )
-from lipsweep.cli.render import live_status, plan_table, status_frame, status_table
+from lipsweep.cli.render import (
+    hours_text,
+    live_status,
+    plan_table,
+    status_frame,
+    status_table,
+)
 from lipsweep.config import SlurmOptions, SweepConfig, preset_config
 from lipsweep.errors import InputError
 from lipsweep.layers.registry import method_key
 from lipsweep.names import Cell
+from lipsweep.plan import hours_unit
 from lipsweep.results.store import read_attempts
-from lipsweep.status import sweep_status, unfinished_attempts
+from lipsweep.status import SweepStatus, sweep_status, unfinished_attempts
 
 DatasetsOpt = Annotated[str | None, typer.Option(help="Comma-separated datasets.")]
 SizesOpt = Annotated[str | None, typer.Option(help="Comma-separated sizes (XS,S,M,L).")]
@@ -68,9 +78,16 @@ def sweep_options(
     }
 
 
-def calibration_progress(done: int, total: int, cell: Cell) -> None:
-    line = f"calibrating cell {done + 1} of {total}: {cell}"
-    console.print(line) if console.is_terminal else log_line(line)
+class CalibrationProgress:
+    """ "calibrating cell k of n" with the time calibration took so far."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    def __call__(self, done: int, total: int, cell: Cell) -> None:
+        elapsed = format_budget(time.monotonic() - self.started)
+        line = f"calibrating cell {done + 1} of {total}: {cell} ({elapsed} so far)"
+        console.print(line) if console.is_terminal else log_line(line)
 
 
 def run_backend(config: SweepConfig, out: Path) -> None:
@@ -89,7 +106,7 @@ def run_backend(config: SweepConfig, out: Path) -> None:
         watch = PlainProgress(out)
     started = time.monotonic()
     with watch:
-        backend_for(config).launch(config, out, monitor, calibration_progress)
+        backend_for(config).launch(config, out, monitor, CalibrationProgress())
     if config.backend != "slurm":
         monitor(f"sweep done in {time.monotonic() - started:.0f} s")
         print_ranking(out)
@@ -97,13 +114,15 @@ def run_backend(config: SweepConfig, out: Path) -> None:
 
 class PlainProgress:
     """For output that is not a terminal (nohup, a SLURM log): every ``every_s`` seconds, one
-    timestamped line per attempt that started or ended since, and the sweep's ETA."""
+    timestamped line per attempt that started or ended since, per cell that ended, and the
+    sweep's ETA."""
 
     def __init__(self, out: Path, every_s: float = 10.0) -> None:
         self.out, self.every_s = out, every_s
         self.stop = threading.Event()
         self.seen: set[str] = set()
         self.running: set[str] = set()
+        self.done: set[Cell] = set()
 
     def __enter__(self) -> PlainProgress:
         self.thread = threading.Thread(target=self.loop, daemon=True)
@@ -135,8 +154,23 @@ class PlainProgress:
         for attempt_id in sorted(running - self.running):
             log_line(f"started {attempt_id}")
         if ended or running != self.running:
-            log_line(sweep_status(self.out).eta_text())
+            status = sweep_status(self.out)
+            self.report_cells(status)
+            log_line(status.eta_text())
         self.running = running
+
+    def report_cells(self, status: SweepStatus) -> None:
+        """One line per cell that has newly ended: every planned trial ended, none running."""
+        for cell in status.cells:
+            if cell.cell in self.done or cell.hours_left != 0 or cell.running:
+                continue
+            self.done.add(cell.cell)
+            finals = len(status.config.budgets) * status.config.final_seeds
+            log_line(
+                f"cell done {cell.cell}: search {cell.search_done}/{status.config.trials} "
+                f"completed, finals {cell.finals_done}/{finals} completed, "
+                f"{hours_text(cell.device_hours)} {hours_unit(status.config)}"
+            )
 
 
 def print_ranking(out: Path) -> None:
@@ -348,7 +382,7 @@ def status(
     check_choice(output, ("table", "csv", "json"), "--format")
     backend = backend_for(SweepConfig.load(out))
 
-    def table():
+    def table() -> RenderableType:
         return status_table(sweep_status(out), backend.job_states(out))
 
     if output != "table":
@@ -366,13 +400,27 @@ def status(
         for warning in sweep_status(out).warnings():
             err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
         return
+    with suppress(KeyboardInterrupt):  # Ctrl-C ends the watch
+        if console.is_terminal:
+            watch_live(table, watch)
+        else:
+            watch_plain(table, watch, out)
+
+
+def watch_live(table: Callable[[], RenderableType], every_s: float) -> None:
     with Live(table(), console=console, refresh_per_second=1) as live:
-        try:
-            while True:
-                time.sleep(watch)
-                live.update(table())
-        except KeyboardInterrupt:
-            pass
+        while True:
+            time.sleep(every_s)
+            live.update(table())
+
+
+def watch_plain(table: Callable[[], RenderableType], every_s: float, out: Path) -> None:
+    """Piped or logged output: a timestamped snapshot every ``every_s`` seconds (a Live
+    display there prints nothing until it stops)."""
+    while True:
+        log_line(f"status of {out}")
+        console.print(table())
+        time.sleep(every_s)
 
 
 def cancel(out: Annotated[Path, typer.Argument(help="The sweep's folder.")]) -> None:

@@ -15,6 +15,7 @@ from lipsweep.cli.common import (
     at_least,
     check_choice,
     console,
+    err_console,
     pick_device,
     positive_ints,
     split_list,
@@ -133,7 +134,8 @@ def bench(
         pick_device(device),
         out,
         batches,
-        console,
+        console if output == "table" else err_console,  # csv / json alone on stdout
+        output=output,
     )
 
 

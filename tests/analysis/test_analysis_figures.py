@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -13,13 +14,16 @@ from analysis.figures import (
     DPI,
     MIN_PLAUSIBLE_BYTES,
     PANEL,
+    PARETO_AXES,
     RADAR_COLUMNS,
     RADAR_PANEL,
     _line_panel,
     cra_gpu_hours_figure,
+    cra_gpu_hours_plot,
     dominated,
     metric_label,
     pareto_figure,
+    pareto_plot,
     radar_figure,
     readable_y,
     speed_memory_figures,
@@ -191,3 +195,90 @@ def test_pareto_figure(tmp_path: Path) -> None:
     assert_image(written[0], 3 * PANEL[0], PANEL[1])  # hours, throughput, memory
     assert_svg(written[1])
     assert pareto_figure(frame.drop(columns="cra_36"), tmp_path / "none") == []
+
+
+def pareto_frame() -> pd.DataFrame:
+    """Four models of one dataset. Hours: AOL-S loses to AOL-XS, SOC-XS to CPL-XS (same hours,
+    lower CRA). Throughput: SOC-XS loses to CPL-XS. Memory: SOC-XS's 8 KiB peak is implausible
+    (left out); of the other three none loses."""
+    return pd.DataFrame(
+        {
+            "dataset": "cifar10",
+            "budget": "24h",
+            "method": ["aol", "aol", "cpl", "soc"],
+            "size": ["XS", "S", "XS", "XS"],
+            "cra_36": [0.5, 0.4, 0.7, 0.6],
+            "gpu_hours_spent": [1.0, 2.0, 4.0, 4.0],
+            "inference_throughput": [1000.0, 2000.0, 500.0, 100.0],
+            "train_peak_bytes": [1.0 * GB, 0.5 * GB, 2.0 * GB, 8192.0],
+        }
+    )
+
+
+def drawn_points(axes) -> dict[tuple[float, float], tuple[bool, bool]]:
+    """(x, y) of every point of a Pareto panel -> (grey, has an error bar)."""
+    grey = to_rgba("0.75")
+    points = {}
+    for container in axes.containers:
+        line = container.lines[0]
+        xy = (float(line.get_xdata()[0]), float(line.get_ydata()[0]))
+        points[xy] = (to_rgba(line.get_color()) == grey, container.has_yerr)
+    return points
+
+
+def test_pareto_plot_greys_the_dominated_and_leaves_out_implausible_memory() -> None:
+    figure = pareto_plot(pareto_frame())
+    assert "Pareto front" in figure.get_suptitle() and "grey = dominated" in figure.get_suptitle()
+    hours, throughput, memory = figure.axes
+    labels = [(a.get_xlabel(), a.get_ylabel()) for a in figure.axes]
+    assert labels == [(label, metric_label("cra_36")) for _, label, _, _ in PARETO_AXES]
+    assert drawn_points(hours) == {
+        (1.0, 50.0): (False, False), (2.0, 40.0): (True, False),
+        (4.0, 70.0): (False, False), (4.0, 60.0): (True, False),
+    }  # fmt: skip
+    assert [grey for grey, _ in drawn_points(throughput).values()].count(True) == 1
+    assert drawn_points(throughput)[(100.0, 60.0)] == (True, False)
+    assert drawn_points(memory) == {(1.0, 50.0): (False, False), (0.5, 40.0): (False, False),
+                                    (2.0, 70.0): (False, False)}  # fmt: skip
+    assert any("1 value(s) < 1 MiB left out" in t.get_text() for t in memory.texts)
+    labelled = {t.get_text() for t in hours.texts}
+    assert labelled == {"AOL XS", "CPL XS"}  # the front only
+
+
+def test_pareto_plot_draws_seed_intervals_and_budgets_of_one_model() -> None:
+    frame = pareto_frame().drop(columns=["inference_throughput", "train_peak_bytes"])
+    frame["cra_36_ci95"] = [0.02, None, 0.05, 0.01]
+    frame = pd.concat([frame, frame.iloc[:1].assign(budget="2h", gpu_hours_spent=0.5, cra_36=0.3)])
+    (axes,) = pareto_plot(frame).axes
+    points = drawn_points(axes)
+    assert len(points) == 5 and points[(2.0, 40.0)] == (True, False)  # one seed: no bar
+    bars = {xy: c for xy, c in zip(points, axes.containers, strict=True) if c.has_yerr}
+    assert set(bars) == {(1.0, 50.0), (4.0, 70.0), (4.0, 60.0), (0.5, 30.0)}
+    segment = bars[(4.0, 70.0)].lines[2][0].get_segments()[0]
+    assert segment[1][1] - segment[0][1] == pytest.approx(2 * 5.0)  # +- 5 points of CRA
+    assert {t.get_text() for t in axes.texts} == {"AOL XS 24h", "AOL XS 2h", "CPL XS"}
+
+
+def test_cra_gpu_hours_plot_axes_points_and_seed_bars() -> None:
+    frame = pareto_frame().assign(device="cpu:x86_64")
+    figure = cra_gpu_hours_plot(frame)
+    (axes,) = figure.axes
+    assert axes.get_xlabel() == "device-hours spent per model"
+    assert axes.get_ylabel() == metric_label("cra_36")
+    points = [tuple(p) for c in axes.collections for p in c.get_offsets()]
+    assert sorted(points) == [(1.0, 50.0), (2.0, 40.0), (4.0, 60.0), (4.0, 70.0)]
+    assert {t.get_text() for t in axes.texts} == {"XS 24h", "S 24h"}
+    assert not axes.containers  # one seed per model: no interval known, none drawn
+    frame["cra_36_ci95"] = 0.03
+    axes = cra_gpu_hours_plot(frame.drop(columns="device")).axes[0]
+    assert axes.get_xlabel() == "GPU-hours spent per model"
+    assert sum(c.has_yerr for c in axes.containers) == 3  # one per method
+    assert axes.get_ylim()[1] >= 73.0  # the highest bar is inside the axis
+
+
+@pytest.mark.parametrize("plot", [cra_gpu_hours_plot, pareto_plot])
+def test_an_all_zero_cra_gets_a_readable_axis_and_a_note(plot) -> None:
+    frame = pareto_frame().assign(cra_36=0.0)
+    for axes in plot(frame).axes:
+        assert axes.get_ylim() == (0.0, 5.0)
+        assert "no model certifies any point" in {t.get_text() for t in axes.texts}

@@ -1,5 +1,6 @@
 """analysis/notebooks/ranking.ipynb runs top to bottom on a real (tiny) sweep."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -47,4 +48,5 @@ def test_notebook_runs(real_sweep: Path, tmp_path: Path, monkeypatch: pytest.Mon
     shown = " ".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "cra_36_ci95" in shown and "p_place1" in shown  # the seed intervals and stability
     assert "p_beats" in shown  # each method against its neighbour
+    assert re.search(r"budget\s+method\s+k\s+count\s+p\b", shown)  # top-k count probabilities
     assert "bootstrap draws over seeds" in (tmp_path / "figures" / "radar.svg").read_text()
