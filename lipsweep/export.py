@@ -26,6 +26,7 @@ from torch import nn
 
 from lipsweep.atomic import write_atomic
 from lipsweep.bounds import Size, model_bound, output_size
+from lipsweep.data import DATASETS
 from lipsweep.layers.aoc import AOCConv2d
 from lipsweep.layers.aol import AOLConv2d
 from lipsweep.layers.bcop import BCOPConv2d, BjorckLinear
@@ -38,7 +39,7 @@ from lipsweep.layers.sandwich import SandwichConv2d
 from lipsweep.layers.sll import SLLConv2d
 from lipsweep.layers.soc import SOCConv2d
 from lipsweep.model import ConvNet
-from lipsweep.results.artifacts import load_checkpoint
+from lipsweep.results.artifacts import checkpoint_config, load_checkpoint
 
 RECORD = "lipsweep.json"  # the extra file of the saved program
 FORMATS = ("pt2", "onnx")
@@ -146,12 +147,16 @@ def export_checkpoint(checkpoint: Path, out: Path, fmt: str = "pt2") -> dict[str
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
     model = load_checkpoint(checkpoint)
+    cell = checkpoint_config(checkpoint)
     frozen = freeze(model)
     bound, stages = model_bound(frozen, model.input_shape)
     record = {
         "format": fmt,
+        "cell": cell,
         "model_config": _config(model),
         "input_shape": list(model.input_shape),
+        # The model's input: uint8 images / 255 minus this per-channel mean (std 1).
+        "input_mean": list(DATASETS[cell["dataset"]].mean),
         "num_classes": model.num_classes,
         "lipschitz_bound": bound,
         "certified_lipschitz": max(1.0, bound),

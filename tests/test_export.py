@@ -216,3 +216,31 @@ def test_export_of_an_untrained_model_is_impossible(tmp_path: Path) -> None:
     assert done.returncode == 2 and "neither a sweep folder" in done.stderr
     assert not (tmp_path / "m.pt2").exists()
     assert not (tmp_path / "attempt" / CHECKPOINT).exists()
+
+
+def readme_block(after: str) -> str:
+    """The first ```python block of the README after the line containing ``after``."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("```python\n", text.index(after)) + len("```python\n")
+    return text[start : text.index("```", start)]
+
+
+def test_readme_certifies_one_image_with_the_exported_model(
+    sweep_with_finals: Path, tmp_path: Path
+) -> None:
+    done = run_cli("export", str(sweep_with_finals), "--cell", "digits-XS-soc",
+                   "--out", str(tmp_path / "soc.pt2"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    script = readme_block("Certifying one image with the exported model")
+    ran = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    correct, certified = ran.stdout.split()
+    from lipsweep import load_model
+    from lipsweep.data import Batches, load_split
+
+    model = load_model(sweep_with_finals, "digits", "XS", "soc")
+    x, y = next(iter(Batches(load_split("digits", "test"), 1, False, torch.Generator())))
+    with torch.no_grad():
+        assert correct == str(bool(model(x).argmax() == y[0]))
+    assert certified in ("True", "False") and (certified == "False" or correct == "True")

@@ -100,7 +100,7 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def train(
-    method: Annotated[str, typer.Option(help="aol, bcop, cpl, cayley, lot, sll, soc or standard")],
+    method: Annotated[str, typer.Option(help=f"{', '.join(SPECS)}, or a plug-in import path")],
     size: Annotated[str, typer.Option(help="Model size: XS, S, M or L.")] = "XS",
     dataset: Annotated[
         str, typer.Option(help="cifar10, cifar100, tiny-imagenet or digits")
