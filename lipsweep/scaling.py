@@ -47,7 +47,7 @@ FIGURES = {
 BCOP_BJORCK_STEPS = 20  # t of BCOP (BCOPConv2d.bjorck_iterations)
 LOT_NEWTON_STEPS = 10  # t of LOT (lot.ITERATIONS)
 SOC_TRAIN_TERMS = 5  # t1 of SOC (SOCConv2d.train_terms)
-PADDED = ("standard", "aol", "bcop")  # their conv reads a circularly padded copy of the input
+PADDED = ("standard", "aol", "bcop", "aoc")  # their conv reads a circularly padded copy of the input
 
 
 def table1_memory(method: str, b: int, c: int, s: int, k: int = 3) -> tuple[float, float]:
@@ -68,6 +68,11 @@ def table1_memory(method: str, b: int, c: int, s: int, k: int = 3) -> tuple[floa
         "cpl": (p + s * s * c, 3 * m),
         "lot": (4 * s * s * c * c * LOT_NEWTON_STEPS, 3 * m),
         "bro": (2 * s * s * c * c, 3 * m),  # not in Table 1: our count (V(f), W(f) per frequency)
+        # Not in Table 1, our counts: AOC's 2k Bjorck iterates of c x c/2, its 2k projectors and
+        # BCOP's composition; Sandwich's spectrum, [A B] and the solve per frequency, and five
+        # activation-sized tensors (two spectra, the hidden map, its ReLU, the scaled one).
+        "aoc": (k * c * c * BCOP_BJORCK_STEPS + 2 * k * c * c + c * c * k**3, m),
+        "sandwich": (4 * s * s * c * c, 6 * m),
         "sll": (5 * p, 3 * m),
         "soc": (p, SOC_TRAIN_TERMS * m),
     }[method]

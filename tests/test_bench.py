@@ -24,7 +24,7 @@ from lipsweep.bench import (
     read_bench,
     run_bench,
 )
-from lipsweep.layers import LAYERS
+from lipsweep.layers import LAYERS, METHODS
 from lipsweep.layers.numerics import bjorck_orthonormalize
 from lipsweep.measure import time_training
 from lipsweep.model import build_model
@@ -123,7 +123,7 @@ def test_saved_tensor_bytes_counts_distinct_storages() -> None:
     assert saved == [400, 100]  # x saved twice, one storage
 
 
-@pytest.mark.parametrize("method", ["bcop", "lot", "cayley", "aol", "sll", "soc", "cpl"])
+@pytest.mark.parametrize("method", METHODS)
 def test_parameter_transforms_have_no_loop_over_channels_or_frequencies(method: str) -> None:
     def calls(channels: int, size: int) -> int:
         layer = LAYERS[method](channels, channels, 3)

@@ -111,11 +111,11 @@ SPECS: dict[str, MethodSpec] = {
         # Not in the paper (ICML 2025): one plain conv at inference, like BCOP at half its Bjorck work.
         MethodSpec("aoc", "AOC", _L + "aoc:AOCConv2d",
                    {"param_s": _t1("c^3 k t + c^3 k^3 (ours)", 3, 0), "input_s": _t1("C (ours)", 2, 2),
-                    "param_mem": _t1("c^2 k t + c^2 k^3 (ours)", 2, 0), "input_mem": _t1("M (ours)", 1, 2)}),
+                    "param_mem": _t1("c^2 k t + 2k c^2 + c^2 k^3 (ours)", 2, 0), "input_mem": _t1("M (ours)", 1, 2)}),
         # Not in the paper's comparison (ICML 2023; left out for vanishing gradients).
         MethodSpec("sandwich", "Sandwich", _L + "sandwich:SandwichConv2d",
                    {"param_s": _t1("s^2 c^3 (ours)", 3, 2), "input_s": _t1("2 b s^2 c^2 (ours)", 2, 2),
-                    "param_mem": _t1("3 s^2 c^2 (ours)", 2, 2), "input_mem": _t1("5M (ours)", 1, 2)}),
+                    "param_mem": _t1("4 s^2 c^2 (ours)", 2, 2), "input_mem": _t1("6M (ours)", 1, 2)}),
     )
 }  # fmt: skip
 METHODS: tuple[str, ...] = tuple(name for name in SPECS if name != "standard")
