@@ -47,7 +47,8 @@ FIGURES = {
 BCOP_BJORCK_STEPS = 20  # t of BCOP (BCOPConv2d.bjorck_iterations)
 LOT_NEWTON_STEPS = 10  # t of LOT (lot.ITERATIONS)
 SOC_TRAIN_TERMS = 5  # t1 of SOC (SOCConv2d.train_terms)
-PADDED = ("standard", "aol", "bcop", "aoc")  # their conv reads a circularly padded copy of the input
+# Their conv reads a circularly padded copy of the input.
+PADDED = ("standard", "aol", "bcop", "aoc")
 
 
 def table1_memory(method: str, b: int, c: int, s: int, k: int = 3) -> tuple[float, float]:
