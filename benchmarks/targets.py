@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/targets.py --threads 1
 
-1. cached inference of AOL and BCOP <= 1.05x the standard conv (models at XS and S);
+1. cached inference of AOL, BCOP and AOC <= 1.05x the standard conv (models at XS and S); the
+   FFT-domain layers' cached inference (Cayley, LOT, BRO, Sandwich) is printed beside it;
 2. cached inference of Cayley and LOT >= 3x faster than their uncached forward (train mode
    under no_grad);
 3. the parameter transforms make the same number of torch calls at every channel count and
@@ -25,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from lipsweep.layers import LAYERS
+from lipsweep.layers import LAYERS, METHODS
 from lipsweep.model import build_model
 from lipsweep.scaling import count_torch_calls, layer_costs, table1_memory
 
@@ -51,10 +52,16 @@ def forward(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
     return run
 
 
-def cached_inference(size: str, batch: int, rounds: int) -> dict[str, float]:
-    """Cached eval forward of standard, AOL and BCOP models; ratios to standard."""
+ONE_CONV = ("aol", "bcop", "aoc")  # inference is one plain conv with the cached kernel
+SPECTRAL = ("cayley", "lot", "bro", "sandwich")  # inference applies per-frequency matrices
+
+
+def cached_inference(
+    size: str, batch: int, rounds: int, methods: tuple[str, ...] = ONE_CONV
+) -> dict[str, float]:
+    """Cached eval forward of the standard conv and ``methods``; ratios to standard."""
     x = torch.randn(batch, 3, 32, 32)
-    models = {m: build_model(m, size, "cifar10").eval() for m in ("standard", "aol", "bcop")}
+    models = {m: build_model(m, size, "cifar10").eval() for m in ("standard", *methods)}
     medians = interleaved_medians({m: forward(model, x) for m, model in models.items()}, rounds)
     return {m: medians[m] / medians["standard"] for m in medians}
 
@@ -96,11 +103,19 @@ def main() -> None:
     note = f"batch {args.batch_size}, CPU, {torch.get_num_threads()} thread(s)"
 
     table = Table(title=f"1. cached inference / standard conv ({note}); target <= 1.05")
-    for column in ("size", "aol", "bcop"):
+    for column in ("size", *ONE_CONV):
         table.add_column(column)
     for size in args.sizes:
         ratios = cached_inference(size, args.batch_size, args.rounds)
-        table.add_row(size, f"{ratios['aol']:.3f}", f"{ratios['bcop']:.3f}")
+        table.add_row(size, *(f"{ratios[m]:.3f}" for m in ONE_CONV))
+    console.print(table)
+
+    table = Table(title=f"1b. cached inference of the FFT-domain layers / standard conv ({note})")
+    for column in ("size", *SPECTRAL):
+        table.add_column(column)
+    for size in args.sizes:
+        ratios = cached_inference(size, args.batch_size, max(3, args.rounds // 2), SPECTRAL)
+        table.add_row(size, *(f"{ratios[m]:.2f}" for m in SPECTRAL))
     console.print(table)
 
     table = Table(title=f"2. uncached / cached forward ({note}); target >= 3")
@@ -114,7 +129,7 @@ def main() -> None:
     table = Table(title="3. torch calls of one training transform; equal = no channel loop")
     for column in ("method", "c=8 s=8", "c=32 s=8", "c=8 s=16", "batched"):
         table.add_column(column)
-    for method in ("aol", "bcop", "cayley", "lot", "sll", "soc", "cpl"):
+    for method in METHODS:
         counts = transform_calls(method)
         table.add_row(method, *map(str, counts), "yes" if len(set(counts)) == 1 else "NO")
     console.print(table)
