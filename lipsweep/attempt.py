@@ -77,6 +77,7 @@ class Outcome:
     resumed_from_epoch: int = 0
     lipschitz_bound: float | None = None  # guaranteed, of the trained model; final stage only
     certified_lipschitz: float | None = None  # the L the final metrics were certified with
+    float32_logit_deviation: float | None = None  # final stage: max |z32 - z64| (certify.py)
     started_at: str = ""
     ended_at: str = ""
 
@@ -327,13 +328,15 @@ def run_attempt(
 
 def certify_final(attempt: Attempt, held_out: ImageSet, outcome: Outcome) -> None:
     """The final model's certificate (``certify_model``, without the attack): its guaranteed
-    Lipschitz bound, and the last metrics recomputed from float64 logits with
-    L = max(1, bound). An error here fails the attempt: an uncertified final run is no result."""
+    Lipschitz bound, the last metrics recomputed from float64 logits with L = max(1, bound),
+    and how far float32 logits are from them. An error here fails the attempt: an uncertified
+    final run is no result."""
     batches = attempt.batches(held_out, train=False)
     certificate = certify_model(attempt.model, batches, attack=False)
     outcome.certify_seconds = sum(certificate.seconds.values())
     outcome.lipschitz_bound = certificate.lipschitz_bound
     outcome.certified_lipschitz = certificate.lipschitz
+    outcome.float32_logit_deviation = certificate.float32_logit_deviation
     attempt.history[-1].update(certificate.metrics)
 
 

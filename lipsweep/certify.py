@@ -9,6 +9,16 @@ prediction is certified at radius eps iff it is correct and
 
 since no perturbation of norm eps can then close the gap. A tie at the top is not a correct
 prediction (argmax would be arbitrary), so it is never certified.
+
+What a certificate covers. ``certify_model`` evaluates a float64 copy of the stored weights: its
+certificates hold for the exact (float64) evaluation of those weights, GAP_SLACK covering the
+float64 rounding. The float32 model a user runs rounds differently; ``certify_model`` measures
+by how much, d = max |z32 - z64| over every logit of the certified data
+(``float32_logit_deviation``). Each logit moving by at most d moves a gap by at most 2 d, so a
+point certified in float64 stays correct in float32 within eps if gap64 > sqrt(2) L eps + 2 d;
+a user who reads the gap from float32 logits pays 2 d at x and 2 d at the perturbed point and
+should require gap32 > sqrt(2) L eps + 4 d. These are estimate-based margins, not proofs: d is
+measured on the data, not bounded at every point of the ball.
 """
 
 from __future__ import annotations
@@ -300,6 +310,9 @@ class Certificate:
     metrics: dict[str, float]  # ``evaluate``'s keys, from float64 logits with L = ``lipschitz``
     radii: list[RadiusCheck]
     seconds: dict[str, float]  # "bound", "certify", "attack"
+    # max |z32 - z64| over every logit of the data: the float32 model against the float64 one
+    # (a measurement; see the module docstring for the margin it suggests)
+    float32_logit_deviation: float
 
     @property
     def flipped(self) -> int:
@@ -319,9 +332,12 @@ def certify_model(
     The certificate is computed on a float64 copy of the eval model (``model`` is left
     alone): the guaranteed Lipschitz bound L_g of every stage (``lipsweep.bounds``), then the
     logits of every point in float64, certified at radius eps iff correct with gap >
-    sqrt(2) L eps + GAP_SLACK, L = max(1, L_g). With ``attack``, PGD-L2 (``attack_steps``
-    steps, unclipped) attacks every certified point at its radius, at most ``attack_limit``
-    per radius; a certified point it flips would disprove the certificate.
+    sqrt(2) L eps + GAP_SLACK, L = max(1, L_g). It holds for the exact (float64) evaluation of
+    the stored weights; a float32 copy runs on the same data to measure how far float32 logits
+    are from them (``float32_logit_deviation``; the module docstring gives the margin a float32
+    user should add). With ``attack``, PGD-L2 (``attack_steps`` steps, unclipped) attacks
+    every certified point at its radius, at most ``attack_limit`` per radius; a certified
+    point it flips would disprove the certificate.
     """
     start = time.perf_counter()
     checked = copy.deepcopy(model).double().eval()
@@ -334,6 +350,7 @@ def certify_model(
     start = time.perf_counter()
     logits, labels = predict(checked, batches, progress)
     metrics = evaluate_logits(logits, labels, lipschitz, GAP_SLACK)
+    deviation = float32_deviation(model, batches, logits)
     seconds["certify"] = time.perf_counter() - start
     start = time.perf_counter()
     x, y = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
@@ -343,7 +360,17 @@ def certify_model(
         for eps in RADII
     ]  # fmt: skip
     seconds["attack"] = time.perf_counter() - start
-    return Certificate(bound, lipschitz, stage_list, metrics, radii, seconds)
+    return Certificate(bound, lipschitz, stage_list, metrics, radii, seconds, deviation)
+
+
+def float32_deviation(
+    model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], logits64: torch.Tensor
+) -> float:
+    """max |z32 - z64| over every logit: a float32 copy of the eval model on the inputs of
+    ``batches`` rounded to float32, against the float64 logits ``logits64`` of the same points."""
+    model32 = copy.deepcopy(model).float()
+    logits32, _ = predict(model32, ((x.float(), y) for x, y in batches))
+    return (logits32.double() - logits64).abs().max().item()
 
 
 def check_radius(
@@ -394,4 +421,5 @@ def certificate_record(certificate: Certificate) -> dict[str, Any]:
             for c in certificate.radii
         ],
         "seconds": certificate.seconds,
+        "float32_logit_deviation": certificate.float32_logit_deviation,
     }

@@ -11,6 +11,10 @@ the lock itself.
 
 The lock file descriptor is not inherited by the programs a driver starts (Python opens it
 close-on-exec); a process forked from the driver without exec shares it until it exits.
+
+A driver that created the sweep folder and wrote nothing else there (a launch refused after
+the lock was taken) removes the lock file and the folder on release, while still locking it;
+a process that locked the removed file in between sees that its path is gone and locks anew.
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ POLL_S = 0.05
 def driver_lock(folder: Path) -> Iterator[dict[str, Any]]:
     """Hold the sweep folder's driver lock (yields the holder info written for it), or raise
     InputError at once, naming the live driver, if another process holds it."""
+    tidy = not folder.exists()  # created here: removed on release if nothing else was written
     with _exclusive(
-        folder / DRIVER_LOCK, folder / DRIVER_INFO, f"{folder} is driven", folder
+        folder / DRIVER_LOCK, folder / DRIVER_INFO, f"{folder} is driven", folder, tidy
     ) as info:
         yield info
 
@@ -75,30 +80,58 @@ def driver_alive(folder: Path) -> dict[str, Any] | None:
         os.close(fd)
 
 
-def refuse_if_driven(folder: Path) -> None:
-    """InputError naming the live driver of ``folder``, if there is one: a cheap check before
-    any work (``driver_lock`` is what guarantees it)."""
-    holder = driver_alive(folder)
-    if holder is not None:
-        raise InputError(_refusal(f"{folder} is driven", holder, folder))
-
-
 @contextmanager
-def _exclusive(lock: Path, info_path: Path, what: str, folder: Path) -> Iterator[dict[str, Any]]:
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+def _exclusive(
+    lock: Path, info_path: Path, what: str, folder: Path, tidy: bool = False
+) -> Iterator[dict[str, Any]]:
+    fd, holder = _open_and_lock(lock, info_path)
     try:
-        holder = _acquire(fd, info_path)
         if holder is not None:
             raise InputError(_refusal(what, holder, folder))
         info = {"host": socket.gethostname(), "pid": os.getpid(), "since": _now()}
-        write_text_atomic(info_path, json.dumps(info) + "\n")
         try:
+            write_text_atomic(info_path, json.dumps(info) + "\n")
             yield info
         finally:
             info_path.unlink(missing_ok=True)  # while still locked: never a successor's file
+            if tidy:
+                _remove_if_bare(lock)
     finally:
         os.close(fd)
+
+
+def _open_and_lock(lock: Path, info_path: Path) -> tuple[int, dict[str, Any] | None]:
+    """(fd, None) with ``lock`` open and locked, or (fd, holder) if a live process holds it.
+    A lock won on a file that a refused launch removed meanwhile (its path is gone or is
+    another file now) is worth nothing: open the path again."""
+    while True:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder was removed between mkdir and open
+            continue
+        holder = _acquire(fd, info_path)
+        if holder is not None or _is_path_of(fd, lock):
+            return fd, holder
+        os.close(fd)
+
+
+def _is_path_of(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _remove_if_bare(lock: Path) -> None:
+    """Remove ``lock`` and its folder if nothing else is in it (the holder file is already
+    gone): a launch refused after taking the lock leaves no folder behind."""
+    try:
+        if [p.name for p in lock.parent.iterdir()] == [lock.name]:
+            lock.unlink()
+            lock.parent.rmdir()
+    except OSError:  # a file appeared meanwhile: the folder is in use, keep it
+        pass
 
 
 def _acquire(fd: int, info_path: Path) -> dict[str, Any] | None:

@@ -215,3 +215,25 @@ def test_device_time_of_a_run_killed_before_its_first_checkpoint_counts(tmp_path
     assert outcome.status == "completed", outcome.error
     assert 1234.5 < outcome.device_seconds < 1234.5 + 120
     assert outcome.train_seconds > 0 and outcome.eval_seconds > 0
+
+
+def test_a_final_run_records_its_float32_logit_deviation(tmp_path: Path) -> None:
+    """certify_final keeps how far the float32 model's test logits are from the float64 ones
+    it was certified with; the row carries it, a search row leaves it empty."""
+    from lipsweep.names import Cell, TrialId
+    from lipsweep.results import read_attempts, write_attempt
+    from lipsweep.results.rows import Provenance, attempt_row
+
+    spec = replace(DIGITS, epochs=2, max_examples=256)
+    final = run_attempt(spec, tmp_path / "final")
+    assert final.status == "completed", final.error
+    deviation = final.float32_logit_deviation
+    assert deviation is not None and 0 < deviation < 1e-3
+    search = run_attempt(replace(spec, stage="search"), tmp_path / "search")
+    assert search.status == "completed" and search.float32_logit_deviation is None
+    provenance = Provenance("t", "measure", "", "")
+    for outcome, stage in ((final, "final"), (search, "search")):
+        trial = TrialId(stage, Cell("digits", "XS", "aol"), "1h", 0)
+        write_attempt(tmp_path, attempt_row(trial, 0, spec, outcome, 0.0, provenance), [])
+    rows = read_attempts(tmp_path).set_index("stage")["float32_logit_deviation"]
+    assert rows["final"] == deviation and rows.isna()["search"]

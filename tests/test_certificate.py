@@ -3,6 +3,7 @@ certified point; the check catches a certificate built on a wrong bound."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,14 @@ import torch
 from typer.testing import CliRunner
 
 import lipsweep.certify
-from lipsweep.certify import GAP_SLACK, RADII, certified, certify_model, logit_gaps
+from lipsweep.certify import (
+    GAP_SLACK,
+    RADII,
+    certificate_record,
+    certified,
+    certify_model,
+    logit_gaps,
+)
 from lipsweep.cli import app
 from lipsweep.data import Batches, load_split
 from lipsweep.loss import offset_cross_entropy
@@ -143,6 +151,8 @@ def test_certify_command_on_an_attempt_folder(trained: dict[str, ConvNet], tmp_p
     (record,) = json.loads((tmp_path / "c.json").read_text())
     assert record["model"] == folder.name and record["lipschitz_bound"] == expected.lipschitz_bound
     assert record["metrics"] == expected.metrics
+    assert record["float32_logit_deviation"] == expected.float32_logit_deviation > 0
+    assert "float32_logit_deviation" in result.output
     assert [s["stage"] for s in record["stages"]] == [name for name, _ in expected.stages]
     first = record["radii"][0]
     assert first["certified"] > 10 and first["attacked"] == first["certified"]
@@ -150,6 +160,7 @@ def test_certify_command_on_an_attempt_folder(trained: dict[str, ConvNet], tmp_p
     rows = pq.read_table(tmp_path / "c.parquet").to_pandas()
     assert rows["radius"].tolist() == ["cra_36", "cra_72", "cra_108", "cra_255"]
     assert rows["cra"].tolist() == [expected.metrics[key] for key in rows["radius"]]
+    assert (rows["float32_logit_deviation"] == expected.float32_logit_deviation).all()
 
 
 @pytest.mark.parametrize(
@@ -172,3 +183,26 @@ def test_certify_command_on_a_sweep_without_finals(tmp_path: Path) -> None:
     (tmp_path / "sweep.json").write_text("{}")
     result = CliRunner().invoke(app, ["certify", str(tmp_path), "--method", "aol"])
     assert result.exit_code == 2 and "no completed final run of aol" in result.output
+
+
+def test_float32_logit_deviation_is_measured_and_bounds_the_float32_logits(
+    trained: dict[str, ConvNet],
+) -> None:
+    """The certificate holds for the float64 evaluation; it records by how much the float32
+    model's logits differ from it (> 0: float32 rounds; < 1e-3 for a trained digits model),
+    and no float32 logit of the data is farther than that from its float64 value."""
+    model, data = trained["cpl"], digits_test()
+    certificate = certify_model(model, data, attack=False)
+    deviation = certificate.float32_logit_deviation
+    assert 0 < deviation < 1e-3
+    exact = copy.deepcopy(model).double()
+    with torch.no_grad():
+        z32 = torch.cat([model(x) for x, _ in data]).double()
+        z64 = torch.cat([exact(x.double()) for x, _ in data])
+    assert (z32 - z64).abs().max().item() <= deviation
+    # The margin the docstring states: a point whose float64 gap passes sqrt(2) L eps + 2 d
+    # is still correctly classified in float32 at x.
+    y = torch.cat([y for _, y in data])
+    safe = certified(z64, y, RADII[0], certificate.lipschitz, 2 * deviation)
+    assert safe.sum() > 10 and bool(logit_gaps(z32, y)[safe].gt(0).all())
+    assert certificate_record(certificate)["float32_logit_deviation"] == deviation

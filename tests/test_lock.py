@@ -125,3 +125,72 @@ def test_cell_locks(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_driver_that_created_the_folder_and_wrote_nothing_leaves_no_folder(
+    tmp_path: Path,
+) -> None:
+    """A launch refused after taking the lock (say, a cap below one attempt) removes the folder
+    it created; a folder it wrote into, or one that was there before, stays."""
+    fresh = tmp_path / "fresh"
+    with pytest.raises(InputError, match="refused"), driver_lock(fresh):
+        assert (fresh / ".driver.lock").exists()
+        raise InputError("refused after the lock")
+    assert not fresh.exists()
+    with driver_lock(fresh):
+        (fresh / "sweep.json").write_text("{}")
+    assert sorted(p.name for p in fresh.iterdir()) == [".driver.lock", "sweep.json"]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with driver_lock(existing):
+        pass
+    assert [p.name for p in existing.iterdir()] == [".driver.lock"]
+
+
+def test_two_launches_at_once_on_a_fresh_folder_one_runs_the_other_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Both start together on a folder that does not exist yet: the lock is taken before any
+    calibration or write, so one runs the sweep to its end and the other is refused in one
+    line naming it, having calibrated nothing (its own calibration cache never appears) and
+    written no plan: the plans on disk are the winner's, written before its first attempt."""
+    import optuna
+
+    from lipsweep.results import read_attempts
+
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "lipsweep", "launch", "--out", str(out),
+               "--datasets", "digits", "--sizes", "XS", "--methods", "aol", "--trials", "2",
+               "--search-epochs", "1", "--final-epochs", "1", "--max-examples", "128",
+               "--batch-size", "64"]  # fmt: skip
+    launches = []
+    for name in ("a", "b"):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0",
+               "LIPSWEEP_CACHE": str(tmp_path / f"cache-{name}")}  # fmt: skip
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        launches.append(subprocess.Popen(command, env=env, cwd=ROOT, text=True, **pipes))
+    outputs = [process.communicate(timeout=170) for process in launches]
+    codes = sorted(process.returncode for process in launches)
+    assert codes == [0, 2], outputs
+    winner, loser = sorted(range(2), key=lambda i: launches[i].returncode)
+    refusal = outputs[loser][1].strip()
+    assert len(refusal.splitlines()) == 1, refusal
+    assert f"{out} is driven by pid {launches[winner].pid} on host " in refusal
+    assert "calibrating" not in outputs[loser][0]
+    assert not (tmp_path / f"cache-{'ab'[loser]}").exists()  # the loser calibrated nothing
+    attempts = read_attempts(out)
+    assert sorted(attempts["stage"]) == ["final", "search", "search"]
+    assert attempts["attempt_id"].is_unique and set(attempts["status"]) == {"completed"}
+    (plan,) = (out / "plans").iterdir()
+    stored = json.loads(plan.read_text())
+    assert stored["epochs"] == {"2h": 1, "24h": 1}
+    assert (attempts["epochs_planned"] == 1).all()
+    first_start = attempts["started_at"].min().timestamp()
+    assert plan.stat().st_mtime <= first_start + 1  # started_at is in whole seconds
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "optuna.journal"))
+    )
+    (summary,) = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert not (out / DRIVER_INFO).exists()

@@ -133,3 +133,66 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_atomic(tmp_path / "x.json", full_disk)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_damaged_progress_and_history_files_are_named_with_what_to_do(tmp_path: Path) -> None:
+    """A progress record that is not JSON is skipped (status used to crash on it); a damaged
+    history file whose attempt row is intact gets advice that a resume alone cannot redo it,
+    one whose attempt has no row yet the advice to resume."""
+    import json
+    import subprocess
+    import sys
+
+    from lipsweep.config import SweepConfig
+
+    SweepConfig("s1", ("cifar10",), ("XS",), ("aol",), ("2h",), trials=3).save(tmp_path)
+    kept = write_attempt(tmp_path, attempt_row("search-cifar10-XS-aol-2h-t0-a0"), HISTORY)
+    history = tmp_path / "results" / "history" / kept.relative_to(tmp_path / "results/attempts")
+    history.write_bytes(history.read_bytes()[:40])
+    unended = write_attempt(tmp_path, attempt_row("search-cifar10-XS-aol-2h-t1-a0"), HISTORY)
+    unended.unlink()  # killed between its history and its row
+    orphan = tmp_path / "results" / "history" / unended.relative_to(tmp_path / "results/attempts")
+    orphan.write_bytes(b"PAR1 truncated")
+    progress = tmp_path / "attempts" / "search-cifar10-XS-aol-2h-t2-a0" / "progress.json"
+    progress.parent.mkdir(parents=True)
+    progress.write_text('{"epoch": 1, "device_sec')
+    running = tmp_path / "attempts" / "search-cifar10-XS-aol-2h-t1-a0" / "progress.json"
+    running.parent.mkdir(parents=True)
+    running.write_text(json.dumps({"epoch": 2, "device_seconds": 3.0}))
+    status = subprocess.run(
+        [sys.executable, "-m", "lipsweep", "status", str(tmp_path)], capture_output=True, text=True
+    )
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr
+    warnings = [" ".join(line.split()) for line in status.stderr.split("warning:")[1:]]
+    assert len(warnings) == 3, status.stderr
+    by_file = {next(w for w in warnings if str(p) in w): p for p in (history, orphan, progress)}
+    assert len(by_file) == 3
+    history_advice = next(w for w, path in by_file.items() if path == history)
+    assert "epoch history of attempt search-cifar10-XS-aol-2h-t0-a0 is lost" in history_advice
+    assert "result row is intact" in history_advice and f"delete it and {kept}" in history_advice
+    assert "to redo that attempt" not in history_advice
+    orphan_advice = next(w for w, path in by_file.items() if path == orphan)
+    assert f"has no result yet; run `lipsweep resume {tmp_path}` to redo it" in orphan_advice
+    progress_advice = next(w for w, path in by_file.items() if path == progress)
+    assert "is damaged (not a progress record)" in progress_advice
+    assert "delete it" in progress_advice
+    table = " ".join(status.stdout.split())
+    assert "1 attempts finished, 1 running" in table, table  # the readable record still counts
+
+
+def test_rows_written_before_a_column_existed_still_read(tmp_path: Path) -> None:
+    """A row of an older lipsweep (no float32_logit_deviation column) reads beside new rows,
+    the missing column as null."""
+    import pyarrow.parquet as pq
+
+    from lipsweep.results.schema import ATTEMPT_SCHEMA
+    from lipsweep.results.store import partition_dir, to_table
+
+    new = attempt_row("final-cifar10-XS-aol-2h-t0-a0", float32_logit_deviation=2e-6)
+    write_attempt(tmp_path, new, HISTORY)
+    old = attempt_row("final-cifar10-XS-aol-2h-t1-a0")
+    schema = ATTEMPT_SCHEMA.remove(ATTEMPT_SCHEMA.get_field_index("float32_logit_deviation"))
+    folder = partition_dir(tmp_path, "attempts", old)
+    pq.write_table(to_table([old], schema), folder / f"{old['attempt_id']}.parquet")
+    frame = read_attempts(tmp_path).set_index("attempt_id")["float32_logit_deviation"]
+    assert frame[new["attempt_id"]] == 2e-6 and pd.isna(frame[old["attempt_id"]])

@@ -705,3 +705,22 @@ def test_finished_cells_are_not_resubmitted(tmp_path: Path) -> None:
     assert finished_cells(config, tmp_path) == {"digits-XS-aol"}
     final("cpl", "2h", "nan", attempt=1)  # retries used up
     assert finished_cells(config, tmp_path) == {"digits-XS-aol", "digits-XS-cpl"}
+
+
+def test_the_slurm_folder_is_created_private(tmp_path: Path) -> None:
+    """submitit's folder holds the pickled jobs the tasks run: make_executor creates it 0700,
+    and tightens one that another umask or a user left open (no sbatch needed to build it)."""
+    import stat
+
+    from lipsweep.backends.slurm import make_executor
+
+    pytest.importorskip("submitit")
+    out = tmp_path / "sweep"
+    try:
+        make_executor(out, OPTIONS, "lipsweep-t")
+    except Exception as error:  # a submitit that wants SLURM to build its executor
+        pytest.skip(f"submitit's SLURM executor cannot be built here: {error}")
+    assert stat.S_IMODE(slurm_folder(out).stat().st_mode) == 0o700
+    slurm_folder(out).chmod(0o777)
+    make_executor(out, OPTIONS, "lipsweep-t")
+    assert stat.S_IMODE(slurm_folder(out).stat().st_mode) == 0o700

@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
+import lipsweep
 from lipsweep.attempt import TrialSpec, load_data
 from lipsweep.backends.local import LocalBackend
 from lipsweep.calibrate import make_plans, plan_cell
@@ -28,7 +29,7 @@ from lipsweep.certify import certify_model, evaluate
 from lipsweep.cli import app
 from lipsweep.cli.render import status_table
 from lipsweep.config import LR_RANGE, WEIGHT_DECAY_RANGE, SweepConfig
-from lipsweep.data import Batches
+from lipsweep.data import Batches, load_split
 from lipsweep.errors import InputError
 from lipsweep.names import Cell, TrialId
 from lipsweep.plan import CellPlan, planned_trials, save_plan
@@ -139,6 +140,16 @@ def test_sweep_runs_search_select_final_into_parquet(tmp_path: Path, ray_session
     for key in ("accuracy", "cra_36", "cra_72", "cra_108"):
         assert certificate.metrics[key] == final_aol[key], key
     assert evaluate(model, batches)["accuracy"] == pytest.approx(final_aol["accuracy"])
+    # The same through the top-level API, as the README shows it: a split, not batches.
+    top = lipsweep.load_model(tmp_path, "digits", "XS", "aol")
+    split = load_split("digits", "test").subset(range(config.max_examples))
+    public = lipsweep.certify_model(top, split, attack_steps=5)
+    assert public.lipschitz_bound == final_aol["lipschitz_bound"] and public.flipped == 0
+    assert public.metrics["cra_36"] == final_aol["cra_36"]
+    assert all(check.attacked == check.certified for check in public.radii)
+    assert 0 < public.float32_logit_deviation < 1e-3
+    assert finals["float32_logit_deviation"].between(0, 1e-3, inclusive="neither").all()
+    assert search["float32_logit_deviation"].isna().all()
     # `lipsweep certify` finds the sweep's final models and attacks their certified points.
     result = CliRunner().invoke(
         app,

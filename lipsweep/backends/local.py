@@ -12,7 +12,7 @@ from lipsweep.backends.base import Monitor, check_inputs, existing_config, prepa
 from lipsweep.calibrate import Progress
 from lipsweep.config import SweepConfig
 from lipsweep.errors import InputError
-from lipsweep.lock import driver_lock, refuse_if_driven
+from lipsweep.lock import driver_lock
 from lipsweep.names import Cell
 from lipsweep.runner import run_sweep
 
@@ -31,25 +31,28 @@ class LocalBackend:
     ) -> None:
         import ray
 
-        started_here = False
-        try:
-            check_inputs(existing_config(config, out), out)  # cheap checks before Ray starts
-            gate_plugins(config.methods)  # a user's layer is audited before Ray starts too
-            refuse_if_driven(out)
-            if self.address is None:
-                check_resources(config, local_resources())
-            if not ray.is_initialized():
-                self.start_ray()
-                started_here = True
-            check_resources(config, ray.cluster_resources())
-            config, plans, notes = prepare(config, out, progress)
-            for note in notes:
-                monitor(note)
-            with driver_lock(out):  # one driver per sweep folder: a second one is refused
+        check_inputs(existing_config(config, out), out)  # cheap checks before Ray starts
+        gate_plugins(config.methods)  # a user's layer is audited before Ray starts too
+        if self.address is None:
+            check_resources(config, local_resources())
+        else:
+            check_reachable(self.address)
+        # One driver per sweep folder, from before calibration and the first write of
+        # sweep.json or a plan: a second driver is refused before it does any work.
+        with driver_lock(out):
+            started_here = False
+            try:
+                if not ray.is_initialized():
+                    self.start_ray()
+                    started_here = True
+                check_resources(config, ray.cluster_resources())
+                config, plans, notes = prepare(config, out, progress)
+                for note in notes:
+                    monitor(note)
                 run_sweep(config, out, plans, monitor=monitor)
-        finally:
-            if started_here:
-                ray.shutdown()
+            finally:
+                if started_here:
+                    ray.shutdown()
 
     def start_ray(self) -> None:
         import ray
@@ -60,7 +63,6 @@ class LocalBackend:
         if self.address is None:
             start_local_ray()
             return
-        check_reachable(self.address)
         ray.init(address=self.address, log_to_driver=False)
 
     def job_states(self, out: Path) -> dict[Cell, str]:

@@ -25,7 +25,8 @@ from typing import Any
 
 from jobs.cell import CellJob
 from lipsweep.atomic import write_text_atomic
-from lipsweep.backends.base import Monitor, prepare
+from lipsweep.audit import gate_plugins
+from lipsweep.backends.base import Monitor, check_inputs, existing_config, prepare
 from lipsweep.calibrate import Progress
 from lipsweep.config import SlurmOptions, SweepConfig, time_minutes
 from lipsweep.errors import InputError
@@ -181,15 +182,12 @@ class SlurmBackend:
             raise InputError(
                 "--backend slurm needs SLURM's sbatch on this machine's PATH: run from a login node"
             )
-        here = config.gpus_per_trial == 0 or config.calibration == "paper-a100"
-        config, calibrated, notes = prepare(config, out, progress, calibrate=here)
-        for note in notes:
-            monitor(note)
-        plans: dict[Cell, CellPlan | None] = (
-            {p.cell: p for p in calibrated} if here else dict.fromkeys(config.cells())
-        )
-        with driver_lock(out):  # two submissions at once would submit every cell twice
-            submitted = submit_cells(config, out, plans, self.options)
+        check_inputs(existing_config(config, out), out)
+        gate_plugins(config.methods)
+        # From before calibration and the first write: two submissions at once would
+        # calibrate twice, rewrite each other's plans and submit every cell twice.
+        with driver_lock(out):
+            submitted = self.prepare_and_submit(config, out, monitor, progress)
         for cell, job_id in submitted.items():
             monitor(f"{cell}: SLURM job {job_id}")
         if not submitted:
@@ -197,6 +195,18 @@ class SlurmBackend:
                 "no cell to submit: every cell is finished or already has a queued or running job"
             )
         monitor(f"follow it with `lipsweep status {out}`; logs in {slurm_folder(out)}")
+
+    def prepare_and_submit(
+        self, config: SweepConfig, out: Path, monitor: Monitor, progress: Progress | None
+    ) -> dict[str, str]:
+        here = config.gpus_per_trial == 0 or config.calibration == "paper-a100"
+        config, calibrated, notes = prepare(config, out, progress, calibrate=here)
+        for note in notes:
+            monitor(note)
+        plans: dict[Cell, CellPlan | None] = (
+            {p.cell: p for p in calibrated} if here else dict.fromkeys(config.cells())
+        )
+        return submit_cells(config, out, plans, self.options)
 
     def job_states(self, out: Path) -> dict[Cell, str]:
         latest = latest_jobs(out)

@@ -32,14 +32,23 @@ class InputErrorsAsOneLine(TyperGroup):
         except OSError as error:
             if not is_disk_full(error):
                 raise
-            where = Path(error.filename).parent if error.filename else Path.cwd()
             err_console.print(
-                f"[bold red]error:[/] no space left on device under {where}: free space and run "
-                "`lipsweep resume` on the sweep (finished results are kept)",
-                highlight=False,
-                soft_wrap=True,
+                f"[bold red]error:[/] {disk_full_line(error)}", highlight=False, soft_wrap=True
             )
             raise typer.Exit(1) from None
+
+
+def disk_full_line(error: OSError) -> str:
+    """What a full disk costs and what to do: the folder it hit, and how to go on (a resume of
+    the sweep that folder belongs to, if any; else the command again)."""
+    where = Path(error.filename).parent if error.filename else Path.cwd()
+    sweep = next((p for p in (where, *where.parents) if (p / "sweep.json").is_file()), None)
+    then = (
+        f"run `lipsweep resume {sweep}` (finished results are kept)"
+        if sweep is not None
+        else "run the command again"
+    )
+    return f"no space left on device under {where}: free space and {then}"
 
 
 def split_list(text: str | None) -> tuple[str, ...] | None:
