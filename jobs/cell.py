@@ -118,14 +118,15 @@ class CellJob:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         remove_stale_temp_dirs()
         temp = ray_temp_dir()
-        plan = self.plan or self._calibrate()
-        start_ray(temp)
-        try:
-            with cell_lock(self.out, self.cell.name):  # one task per cell, even by hand
+        # One task per cell, even by hand: the lock covers calibration and the plan's write too.
+        with cell_lock(self.out, self.cell.name):
+            plan = self.plan or self._calibrate()
+            start_ray(temp)
+            try:
                 run_sweep(self.config, self.out, [plan], cells=[self.cell], monitor=log_line)
-        finally:
-            ray.shutdown()
-            shutil.rmtree(temp, ignore_errors=True)
+            finally:
+                ray.shutdown()
+                shutil.rmtree(temp, ignore_errors=True)
         return self.cell.name
 
     def _calibrate(self) -> CellPlan:

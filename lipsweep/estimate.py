@@ -16,17 +16,17 @@ import torch
 from torch import nn
 
 from lipsweep.bounds import NONEXPANSIVE, is_global_max_pool
-from lipsweep.layers import LAYERS, LINEAR_HEADS, CPLConv2d, SLLConv2d
-from lipsweep.layers.numerics import LANCZOS_CYCLE, largest_eigenpair
+from lipsweep.layers import LAYERS, LINEAR_HEADS, CPLConv2d, SandwichConv2d, SLLConv2d
+from lipsweep.layers.numerics import LANCZOS_CYCLE, largest_eigenpair, spectral_matmul
 from lipsweep.model import stages
 
 # Residual layers x - K^T (s * ReLU(K x + b)) of ``lipsweep.layers.sll.residual_step``.
 RESIDUAL: tuple[type[nn.Module], ...] = (CPLConv2d, SLLConv2d)
-# Affine layers A x + b: every registered conv except the residual ones, and the dense heads.
+# Affine layers A x + b: every registered conv except the nonlinear ones, and the dense heads.
 AFFINE: tuple[type[nn.Module], ...] = (
     nn.Conv2d,
     nn.Linear,
-    *(cls for cls in LAYERS.values() if cls not in RESIDUAL),
+    *(cls for cls in LAYERS.values() if cls not in (*RESIDUAL, SandwichConv2d)),
     *LINEAR_HEADS.values(),
 )
 
@@ -36,7 +36,7 @@ class StageEstimate:
     """The Lipschitz estimate of one stage and how it was obtained."""
 
     name: str
-    kind: str  # "nonexpansive", "affine" or "residual"
+    kind: str  # "nonexpansive", "affine", "residual" or "sandwich"
     estimate: float
     iterations: int  # power-iteration steps taken (0 for nonexpansive stages)
     converged: bool
@@ -118,6 +118,24 @@ def residual_estimate(
     return max(1.0, norm**2 - 1.0), steps, converged
 
 
+def sandwich_estimate(
+    layer: SandwichConv2d, shape: tuple[int, ...], iterations: int, rtol: float
+) -> tuple[float, int, bool]:
+    """Estimate of a Sandwich layer's constant: ||2 A^* B||, its Jacobian with every ReLU
+    active (D = I), by Lanczos on that linear map in float64. One activation pattern of many,
+    so an estimate from below of sup_D ||2 A^* D B||."""
+    layer = copy.deepcopy(layer).double().eval()
+    a_adjoint, b = layer.cached_weight(*shape[-2:])
+    size = tuple(shape[-2:])
+
+    def linear(v: torch.Tensor) -> torch.Tensor:
+        hidden = torch.fft.irfft2(spectral_matmul(b, torch.fft.rfft2(v)), s=size)
+        return 2 * torch.fft.irfft2(spectral_matmul(a_adjoint, torch.fft.rfft2(hidden)), s=size)
+
+    like = torch.zeros(1, *shape, dtype=torch.float64, device=b.device)
+    return power_iteration(linear, like.shape, like, iterations, rtol)
+
+
 def device_of(module: nn.Module) -> torch.device:
     """The device of the module's first parameter or buffer (CPU if it has none)."""
     for tensor in (*module.parameters(), *module.buffers()):
@@ -168,6 +186,9 @@ def stage_estimate(
     if isinstance(stage, RESIDUAL):
         value, steps, done = residual_estimate(stage, shape, iterations, rtol)
         return StageEstimate(name, "residual", value, steps, done)
+    if isinstance(stage, SandwichConv2d):
+        value, steps, done = sandwich_estimate(stage, shape, iterations, rtol)
+        return StageEstimate(name, "sandwich", value, steps, done)
     if isinstance(stage, AFFINE):
         value, steps, done = affine_estimate(stage, shape, iterations, rtol)
         return StageEstimate(name, "affine", value, steps, done)

@@ -21,8 +21,6 @@ cached kernel's circular convolution exactly, per frequency).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -73,7 +71,7 @@ class AOCConv2d(CachedParametrization):
         shape = (1, c, c) if kernel_size == 1 else (2 * kernel_size, c, c // 2)
         matrices = torch.empty(shape)
         for matrix in matrices:
-            nn.init.orthogonal_(matrix, gain=1 / math.sqrt(c))
+            nn.init.orthogonal_(matrix)  # gain 1, as the reference (BCOP here: 1 / sqrt(c))
         self.param_matrices = nn.Parameter(matrices)
         self.bias = nn.Parameter(torch.zeros(c))
         self.register_buffer("power_u", random_unit_vectors(shape[0], shape[2]))
