@@ -40,6 +40,9 @@ class AttemptStatus(StrEnum):
 # What the trainable reports for a trial the GPU-hour cap kept from starting: no attempt ran,
 # so no row is written and the trial stays open in its study (a relaunch replays it).
 CAPPED = "capped"
+# ... for a trial whose attempt hit a full disk: no row either, and the sweep stops (its
+# driver raises the OSError); a resume replays the trial from its last checkpoint.
+DISK_FULL = "disk_full"
 
 
 @dataclass(frozen=True, order=True)

@@ -37,8 +37,12 @@ def partition_dir(root: Path, table: str, row: Mapping[str, Any]) -> Path:
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` through a temporary name in the same folder, then rename."""
-    atomic.write_atomic(path, lambda temporary: pq.write_table(table, temporary))
+    """Write ``table`` to ``path`` through a temporary name in the same folder, then rename.
+    Serialised in memory first, so a full disk is the atomic writer's ``OSError`` (ENOSPC)
+    naming ``path``."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic.write_bytes_atomic(path, sink.getvalue().to_pybytes())
 
 
 def to_table(rows: list[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
