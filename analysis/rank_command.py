@@ -85,14 +85,17 @@ def print_stability(
         console.print(out)
     print_counts(count_probabilities(trials, metric, top), console)
     pairs = neighbours(trials, metric)
-    out = Table(title="neighbours in each cell: P(the better mean beats the next, over seeds)")
-    for column in ("dataset", "budget", "size", "Method", "beats", "P", "separated"):
+    out = Table(
+        title="neighbours in each cell: P(the better mean beats the next, over seeds), Welch's t",
+        caption="separated: P >= 95% and Welch's p < 0.05",
+    )
+    for column in ("dataset", "budget", "size", "Method", "beats", "P", "Welch p", "separated"):
         out.add_column(column, justify="right")
     for row in pairs.itertuples():
         mark = "yes" if row.separated else "[yellow]no[/]"
         out.add_row(
             str(row.dataset), str(row.budget), str(row.size), method_name(str(row.method)),
-            method_name(str(row.other)), f"{row.p_beats:.0%}", mark,
+            method_name(str(row.other)), f"{row.p_beats:.0%}", f"{row.welch_p:.2g}", mark,
         )  # fmt: skip
     console.print(out)
 

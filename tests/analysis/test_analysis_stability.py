@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+from scipy.stats import ttest_ind
 
 from analysis.load import model_results
 from analysis.ranking import rank_methods
@@ -93,6 +94,23 @@ def test_neighbours_pair_each_method_with_the_next_one_down() -> None:
     assert xs.loc[("b", "c"), "p_beats"] == 1.0 and xs.loc[("b", "c"), "separated"]
     small = table[table["size"] == "S"]
     assert small[["method", "other", "p_beats"]].values.tolist() == [["c", "a", 1.0]]
+    assert not small["separated"].any()  # a single seed of a: no spread known, never separated
+    # Welch's t for b [0.52, 0.54] against c [0.10, 0.12]: t = 0.42 / 0.01, 2 df.
+    assert xs.loc[("b", "c"), "welch_p"] == pytest.approx(
+        ttest_ind([0.52, 0.54], [0.1, 0.12]).pvalue
+    )
+
+
+def test_a_bootstrap_over_three_seeds_alone_does_not_separate() -> None:
+    """One nonzero seed of three beats a constant model in 1 - 1/27 of the draws (>= 95%), but
+    Welch's t-test (p ~ 0.23) says the means are not told apart: not separated."""
+    trials = rows({("a", "XS"): [0.0, 0.004, 0.008], ("b", "XS"): [0.0, 0.0, 0.0]})
+    (pair,) = neighbours(trials, samples=4000, seed=0).itertuples()
+    assert pair.p_beats >= SEPARATED and pair.welch_p == pytest.approx(0.2254, abs=1e-3)
+    assert not pair.separated
+    far = rows({("a", "XS"): [0.5, 0.5], ("b", "XS"): [0.1, 0.1]})  # no spread, different
+    (pair,) = neighbours(far, samples=200, seed=0).itertuples()
+    assert pair.welch_p == 0.0 and pair.separated
 
 
 def test_rating_intervals_are_points_for_single_seeds_and_bands_for_overlapping_ones() -> None:
