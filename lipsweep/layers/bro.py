@@ -26,6 +26,7 @@ from lipsweep.layers.numerics import (
     kernel_spectrum,
     map_rfft_grid,
     padded_spectral_conv,
+    solve,
 )
 
 PERTURBATION = 1e-5  # eps / mean diagonal of V^H V, as in the paper's code
@@ -37,7 +38,7 @@ def block_reflector(v: torch.Tensor) -> torch.Tensor:
     gram = v.mH @ v
     eye = torch.eye(v.shape[-1], dtype=v.dtype, device=v.device)
     eps = gram.diagonal(dim1=-2, dim2=-1).real.mean(-1) * PERTURBATION + FLOOR
-    solved = torch.linalg.solve(gram + eps[..., None, None] * eye, v.mH)
+    solved = solve(gram + eps[..., None, None] * eye, v.mH)
     identity = torch.eye(v.shape[-2], dtype=v.dtype, device=v.device)
     return identity - 2 * v @ solved
 

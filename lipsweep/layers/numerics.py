@@ -261,6 +261,17 @@ def inverse(matrices: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.linalg.inv(m) for m in flat]).reshape(matrices.shape)
 
 
+def solve(matrices: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.solve`` of a batch (..., n, n) against (..., n, k), matrix by matrix on
+    the CPU for n >= 256, where the batched LU of torch 2.13's MKL build fails (``inverse``)."""
+    n = matrices.shape[-1]
+    if matrices.device.type != "cpu" or n <= CPU_BATCHED_INVERSE_LIMIT or matrices.dim() == 2:
+        return torch.linalg.solve(matrices, rhs)
+    flat, right = matrices.reshape(-1, n, n), rhs.reshape(-1, *rhs.shape[-2:])
+    solved = [torch.linalg.solve(m, r) for m, r in zip(flat, right, strict=True)]
+    return torch.stack(solved).reshape(rhs.shape)
+
+
 def fantastic_four_matrices(kernel: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The four reshapes R_1..R_4 of a conv kernel (out, in, h, w) of the Fantastic Four bound.
 

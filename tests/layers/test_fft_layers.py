@@ -293,3 +293,13 @@ def test_cayley_transform_of_a_batch_of_wide_matrices() -> None:
     q = cayley_transform(weight / weight.abs().square().sum().sqrt())
     eye = torch.eye(256, dtype=torch.complex128).expand(3, 256, 256)
     torch.testing.assert_close(q @ q.mH, eye, atol=1e-10, rtol=0)
+
+
+def test_bro_reflector_of_wide_layers_solves_on_the_cpu() -> None:
+    """Rank 256 (M's widest blocks): torch 2.13's batched CPU LU fails from n = 256 ("Pivots
+    given to lu_solve must all be greater or equal to 1"); the solve goes matrix by matrix."""
+    torch.manual_seed(0)
+    v = torch.randn(3, 512, 256, dtype=torch.complex128)
+    w = block_reflector(v)
+    assert torch.allclose(w, w.mH)
+    assert torch.linalg.eigvalsh(w).abs().max() <= 1 + 1e-9
