@@ -2,12 +2,14 @@
 
 The protocol is the paper's (PAPER.md section 3): offset cross-entropy, SGD with momentum 0.9
 and weight decay on every parameter, OneCycleLR stepped once per epoch after evaluation,
-batch size 256. An attempt never raises: a NaN ends it with status "nan", an out-of-memory
-error with "oom", anything else with "failed". A killed attempt resumes from its checkpoint.
+batch size 256. A NaN ends an attempt with status "nan", an out-of-memory error with "oom",
+anything else with "failed", except a full disk: that ``OSError`` propagates, the attempt is not
+over (like a killed one, it resumes from its checkpoint).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -25,11 +27,11 @@ from typing import Literal
 
 import torch
 
-from lipsweep.atomic import write_atomic, write_text_atomic
+from lipsweep.atomic import is_disk_full, write_bytes_atomic, write_text_atomic
 from lipsweep.certify import certify_model, evaluate
 from lipsweep.data import DATASETS, Batches, ImageSet, load_split, train_val_split
 from lipsweep.layers.registry import spec as method_spec
-from lipsweep.loss import offset_cross_entropy
+from lipsweep.loss import DEFAULT_MARGIN, DEFAULT_TEMPERATURE, offset_cross_entropy
 from lipsweep.measure import PeakMemory
 from lipsweep.memory import is_out_of_memory, memory_cap
 from lipsweep.model import build_model
@@ -58,6 +60,8 @@ class TrialSpec:
     device: str = "cpu"
     max_examples: int | None = None  # use only the first N examples of each split (smoke runs)
     memory_limit_gib: float | None = None  # past it an allocation fails: status "oom"
+    loss_temperature: float = DEFAULT_TEMPERATURE  # of the training loss (--search-space)
+    loss_offset: float = DEFAULT_MARGIN  # the offset cross-entropy's margin m (--search-space)
 
 
 @dataclass
@@ -170,7 +174,9 @@ class Attempt:
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self) -> None:
-        """Write the checkpoint atomically: a crash leaves the old one or the new one."""
+        """Write the checkpoint atomically: a crash leaves the old one or the new one. It is
+        serialised in memory first: torch.save reports a full disk as a RuntimeError, the
+        atomic writer as an OSError (ENOSPC)."""
         state = {
             "model": self.model.state_dict(),
             "model_config": model_config(self.spec),  # what rebuilds the model: build_model(**)
@@ -184,7 +190,9 @@ class Attempt:
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
-        write_atomic(self.workdir / CHECKPOINT, lambda temporary: torch.save(state, temporary))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_bytes_atomic(self.workdir / CHECKPOINT, buffer.getvalue())
 
     def restore(self) -> bool:
         """Load the last checkpoint if there is one (weights only: no arbitrary unpickling).
@@ -258,7 +266,9 @@ class Attempt:
         seen = 0
         for x, y in batches:
             logits = self.model(x)
-            loss = offset_cross_entropy(logits, y)
+            loss = offset_cross_entropy(
+                logits, y, self.spec.loss_offset, self.spec.loss_temperature
+            )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -287,7 +297,8 @@ def run_attempt(
     workdir: Path,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> Outcome:
-    """Train (or resume) one attempt to its planned epochs; never raises."""
+    """Train (or resume) one attempt to its planned epochs. Raises only on a full disk
+    (``OSError``, ENOSPC): the attempt has not ended, it resumes from its last checkpoint."""
     outcome = Outcome(status=AttemptStatus.FAILED, started_at=now())
     workdir.mkdir(parents=True, exist_ok=True)
     attempt: Attempt | None = None
@@ -305,6 +316,8 @@ def run_attempt(
     except NonFiniteError as error:
         outcome.status, outcome.error = AttemptStatus.NAN, str(error)
     except Exception as error:
+        if is_disk_full(error):
+            raise
         if is_out_of_memory(error):
             outcome.status, outcome.error = AttemptStatus.OOM, str(error).splitlines()[0]
         else:

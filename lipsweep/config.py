@@ -31,6 +31,15 @@ WEIGHT_DECAY_RANGE = (10**-5.5, 10**-3.5)
 BACKENDS = ("local", "ray", "slurm")
 CALIBRATIONS = ("measure", "paper-a100")
 SAMPLERS = ("random", "tpe")
+SEARCHES = ("random", "halving")  # the paper's random search; successive halving (halving.py)
+# Dimensions --search-space may name: the paper searches lr and wd; the offset cross-entropy's
+# temperature and offset (lipsweep/loss.py) are optional. Their default ranges are log-uniform
+# over a factor 4 either side of the paper's fixed values, tau = 0.25 and m = 2 sqrt(2) 36/255.
+SEARCH_DIMENSIONS = ("lr", "wd", "temperature", "offset")
+PAPER_TEMPERATURE = 0.25  # = lipsweep.loss.DEFAULT_TEMPERATURE (config sits below loss)
+PAPER_OFFSET = 2 * math.sqrt(2) * 36 / 255  # = lipsweep.loss.DEFAULT_MARGIN
+TEMPERATURE_RANGE = (PAPER_TEMPERATURE / 4, PAPER_TEMPERATURE * 4)
+OFFSET_RANGE = (PAPER_OFFSET / 4, PAPER_OFFSET * 4)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's protocol (PAPER.md section 3): 3 datasets x 4 sizes x 7 methods, 16 trials
@@ -139,6 +148,8 @@ class SweepConfig:
     max_retries: int = 2  # new-seed retries of a NaN attempt
     final_seeds: int = 1  # final runs per budget, each its own seed (the paper: 1)
     sampler: Literal["random", "tpe"] = "random"
+    search: Literal["random", "halving"] = "random"  # halving: rungs of growing epochs
+    eta: int = 3  # halving: a rung keeps the best 1/eta and trains them eta times longer
     seed: int = 0
     batch_size: int = 256
     eval_every: int = 1
@@ -150,6 +161,9 @@ class SweepConfig:
     checkpoint_every_epochs: int = 10  # attempts also checkpoint every 5 minutes
     lr_range: tuple[float, float] = LR_RANGE  # searched log-uniformly
     weight_decay_range: tuple[float, float] = WEIGHT_DECAY_RANGE  # searched log-uniformly
+    search_space: tuple[str, ...] = ("lr", "wd")  # of SEARCH_DIMENSIONS; lr and wd always
+    temperature_range: tuple[float, float] = TEMPERATURE_RANGE  # if searched: log-uniformly
+    offset_range: tuple[float, float] = OFFSET_RANGE  # if searched: log-uniformly
     memory_per_trial_gib: float | None = None  # an attempt past it ends with status "oom"
     backend: Literal["local", "ray", "slurm"] = "local"
     address: str | None = None  # --backend ray: the cluster to join
@@ -211,7 +225,10 @@ def config_from_dict(data: Any) -> SweepConfig:
     )
     if missing:
         raise InputError(f"missing settings {missing}")
-    for key in ("datasets", "sizes", "methods", "budgets", "lr_range", "weight_decay_range"):
+    for key in (
+        "datasets", "sizes", "methods", "budgets", "lr_range", "weight_decay_range",
+        "search_space", "temperature_range", "offset_range",
+    ):  # fmt: skip
         if isinstance(data.get(key), list):
             data[key] = tuple(data[key])
     if isinstance(data.get("slurm"), dict):
@@ -257,6 +274,21 @@ def _log_range(name: str, value: Any) -> None:
         raise InputError(f"--{name} needs 0 < LOW < HIGH (searched log-uniformly), got {value!r}")
 
 
+def _search_space(space: Any) -> None:
+    if not isinstance(space, tuple) or not all(isinstance(name, str) for name in space):
+        raise InputError(f"--search-space must be a list such as lr,wd,temperature, got {space!r}")
+    for name in space:
+        if name not in SEARCH_DIMENSIONS:
+            known = ", ".join(SEARCH_DIMENSIONS)
+            raise InputError(
+                f"unknown search dimension {name!r} in --search-space: choose from {known}"
+            )
+    if len(set(space)) != len(space) or not {"lr", "wd"} <= set(space):
+        raise InputError(
+            f"--search-space must name lr and wd, each dimension once, got {','.join(space)!r}"
+        )
+
+
 def check_config(config: SweepConfig) -> None:
     """Every value of a sweep, checked before any work; InputError says what to fix."""
     if not isinstance(config.sweep_id, str) or not re.fullmatch(
@@ -289,15 +321,22 @@ def check_config(config: SweepConfig) -> None:
         ("final-seeds", config.final_seeds, 1),
         ("gpus-per-trial", config.gpus_per_trial, 0),
         ("seed", config.seed, 0),
+        ("eta", config.eta, 2),
     ):
         _at_least(name, value, low)
+    if not isinstance(config.eta, int):
+        raise InputError(f"--eta must be a whole number of at least 2, got {config.eta!r}")
     _positive_or_none("max-gpu-hours", config.max_gpu_hours)
     _positive_or_none("memory-per-trial", config.memory_per_trial_gib, " (GiB)")
     _log_range("lr-range", config.lr_range)
     _log_range("wd-range", config.weight_decay_range)
+    _log_range("temperature-range", config.temperature_range)
+    _log_range("offset-range", config.offset_range)
+    _search_space(config.search_space)
     for name, value, known in (
         ("calibration", config.calibration, CALIBRATIONS),
         ("sampler", config.sampler, SAMPLERS),
+        ("search", config.search, SEARCHES),
         ("backend", config.backend, BACKENDS),
     ):
         if value not in known:

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lipsweep.atomic import write_text_atomic
 from lipsweep.config import SweepConfig
 from lipsweep.errors import InputError
+from lipsweep.halving import cell_rungs
 from lipsweep.names import Cell, Stage, TrialId, device_hours
 
 PLANS = "plans"
@@ -29,6 +30,7 @@ class PlannedTrial:
     index: int
     epochs: int
     seconds_per_epoch: float
+    rung: int | None = None  # --search halving: the search trial's rung (0 first)
 
     @property
     def id(self) -> TrialId:
@@ -77,16 +79,21 @@ def load_plan(folder: Path, cell: Cell) -> CellPlan | None:
 
 
 def planned_trials(config: SweepConfig, plans: list[CellPlan]) -> list[PlannedTrial]:
-    """Every trial of the sweep: ``trials`` search trials per cell, ``final_seeds`` finals per
+    """Every trial of the sweep: ``trials`` search trials per cell (halving: every rung's, each
+    at its rung's epochs, at most as many as the rung may run), ``final_seeds`` finals per
     budget (trial index = seed index; each final's seed is drawn from its trial id)."""
     trials = []
+    halving = config.search == "halving"
     for plan in plans:
         spe = plan.seconds_per_epoch
-        search = plan.epochs[config.search_budget]
-        for index in range(config.trials):
-            trials.append(
-                PlannedTrial("search", plan.cell, config.search_budget, index, search, spe)
-            )
+        for rung in cell_rungs(config, plan.epochs[config.search_budget]):
+            for index in rung.indices:
+                trials.append(
+                    PlannedTrial(
+                        "search", plan.cell, config.search_budget, index, rung.epochs, spe,
+                        rung.number if halving else None,
+                    )
+                )  # fmt: skip
         for budget in config.budgets:
             for index in range(config.final_seeds):
                 final = PlannedTrial("final", plan.cell, budget, index, plan.epochs[budget], spe)
@@ -96,17 +103,22 @@ def planned_trials(config: SweepConfig, plans: list[CellPlan]) -> list[PlannedTr
 
 def makespan_hours(trials: list[PlannedTrial], gpus: float, devices: int) -> float:
     """Wall hours of the sweep on ``devices`` devices (GPUs, or CPU slots when ``gpus`` is 0):
-    greedy longest-first packing within each stage; the final stage starts after the search."""
+    greedy longest-first packing within each phase; the phases run one after the other (the
+    search, or each rung of a halving search, then the finals)."""
     slots = max(math.floor(devices / gpus), 1) if gpus > 0 else max(devices, 1)
     total = 0.0
-    for stage in ("search", "final"):
+    for phase in sorted({_phase(t) for t in trials}):
         loads = [0.0] * slots
         for hours in sorted(
-            (t.device_hours(1.0) for t in trials if t.stage == stage), reverse=True
+            (t.device_hours(1.0) for t in trials if _phase(t) == phase), reverse=True
         ):
             loads[loads.index(min(loads))] += hours
         total += max(loads)
     return total
+
+
+def _phase(trial: PlannedTrial) -> tuple[int, int]:
+    return (0 if trial.stage == "search" else 1, -1 if trial.rung is None else trial.rung)
 
 
 def check_epochs(trials: list[PlannedTrial]) -> None:
@@ -146,3 +158,15 @@ def summarize(config: SweepConfig, trials: list[PlannedTrial], devices: int) -> 
         f"{hours_unit(config)} (no retries)": hours,
         "makespan hours": makespan_hours(trials, config.gpus_per_trial, devices),
     }
+
+
+def search_hours(config: SweepConfig, plans: list[CellPlan], search: str) -> float:
+    """Device-hours of every cell's search (no retries) with ``search`` (random or halving)."""
+    trials = planned_trials(replace(config, search=search), plans)
+    return sum(t.device_hours(config.gpus_per_trial) for t in trials if t.stage == "search")
+
+
+def rungs_text(config: SweepConfig, plan: CellPlan) -> str:
+    """A cell's search as configurations x epochs per rung: "16x93 6x279 2x837"."""
+    rungs = cell_rungs(config, plan.epochs[config.search_budget])
+    return " ".join(f"{rung.size}x{rung.epochs}" for rung in rungs)

@@ -43,8 +43,9 @@ def run_sweep(
         config, folder, Provenance.of_this_process(config.sweep_id, config.calibration), tag
     )
     planned = planned_trials(config, plans)
-    capped = run_search(launch, [t for t in planned if t.stage == "search"], say)
-    capped += run_finals(launch, [t for t in planned if t.stage == "final"], say)
+    searched = [t for t in planned if t.stage == "search"]
+    capped = run_search(launch, searched, say)
+    capped += run_finals(launch, [t for t in planned if t.stage == "final"], searched, say)
     if capped:
         say(
             f"{capped} trials not started: they would pass --max-gpu-hours {config.max_gpu_hours:g}"

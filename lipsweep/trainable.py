@@ -3,6 +3,8 @@ runs its attempts into the Parquet dataset, and one Tune experiment per stage.""
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import random
 import time
@@ -10,10 +12,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ray.tune.stopper import Stopper
+
+from lipsweep.atomic import is_disk_full
 from lipsweep.attempt import TrialSpec
 from lipsweep.config import SweepConfig
 from lipsweep.ledger import Ledger
-from lipsweep.names import CAPPED, AttemptStatus, TrialId
+from lipsweep.names import CAPPED, DISK_FULL, AttemptStatus, TrialId
 from lipsweep.plan import PlannedTrial
 from lipsweep.results.rows import Provenance
 
@@ -31,6 +36,7 @@ class TrialTask:
     max_gpu_hours: float | None
     estimated_hours: float  # reserved in the ledger while an attempt runs
     provenance: Provenance
+    rung: int | None = None  # --search halving: the search trial's rung
 
     @property
     def partition(self) -> dict[str, str]:
@@ -53,8 +59,19 @@ def retry_seed(seed: int, attempt: int) -> int:
 
 
 def run_trial(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Ray Tune trainable: run a trial's attempts, write each attempt to the Parquet dataset,
-    return the last one's status and validation CRA (``CAPPED`` if the cap kept it out)."""
+    """Ray Tune trainable: ``run_attempts``, or ``DISK_FULL`` and the file it could not write
+    if the disk is full (no row written: the trial is not over)."""
+    try:
+        return run_attempts(parameters)
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        return {"status": DISK_FULL, "cra_36": float("nan"), "path": error.filename or ""}
+
+
+def run_attempts(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Run a trial's attempts, write each attempt to the Parquet dataset, return the last
+    one's status and validation CRA (``CAPPED`` if the cap kept it out)."""
     import torch
 
     from lipsweep.attempt import run_attempt
@@ -78,7 +95,9 @@ def run_trial(parameters: dict[str, Any]) -> dict[str, Any]:
             if not allowed:
                 return {"status": CAPPED, "cra_36": float("nan")}
             outcome = run_attempt(spec, folder / "attempts" / attempt_id)
-            row = attempt_row(task.trial, attempt, spec, outcome, task.gpus, task.provenance)
+            row = attempt_row(
+                task.trial, attempt, spec, outcome, task.gpus, task.provenance, rung=task.rung
+            )
             write_attempt(folder, row, outcome.history)
         status, metrics = str(outcome.status), outcome.metrics
         if status != AttemptStatus.NAN:
@@ -98,19 +117,70 @@ def execute(
     from ray import tune
 
     resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
-    tuner = tune.Tuner(
-        tune.with_resources(run_trial, resources),
-        param_space=param_space,
-        tune_config=tune_config,
-        run_config=tune.RunConfig(
-            name=f"{stage}{tag}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str((folder / "tune").resolve()),
-            failure_config=tune.FailureConfig(max_failures=1),
-            verbose=0,
-        ),
-    )
-    results = tuner.fit()
+    name = f"{stage}{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = (folder / "tune").resolve()
+    with DiskFullWatch(storage / name) as watch:
+        tuner = tune.Tuner(
+            tune.with_resources(run_trial, resources),
+            param_space=param_space,
+            tune_config=tune_config,
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=str(storage),
+                failure_config=tune.FailureConfig(max_failures=1),
+                stop=watch,
+                verbose=0,
+            ),
+        )
+        results = tuner.fit()
     return sum(1 for r in results if (r.metrics or {}).get("status") == CAPPED)
+
+
+class DiskFullWatch(Stopper):
+    """Ends the experiment at the first full disk, a trial's (it reports ``DISK_FULL``) or
+    Tune's own (saving its experiment state failed): every other trial would hit it too. The
+    running ones are stopped and, like the one that hit it, resume later. ``path``: what could
+    not be written. Tune's log records about it are dropped: on leaving the ``with`` block, a
+    full disk is one ``OSError`` (ENOSPC) naming a path."""
+
+    TUNE_LOGGERS = ("execution.experiment_state", "analysis.experiment_analysis")
+
+    def __init__(self, experiment: Path) -> None:
+        self.experiment = experiment
+        self.path: str | None = None
+
+    def loggers(self) -> list[logging.Logger]:
+        return [logging.getLogger(f"ray.tune.{name}") for name in self.TUNE_LOGGERS]
+
+    def __enter__(self) -> DiskFullWatch:
+        for logger in self.loggers():
+            logger.addFilter(self.filter)
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, traceback: Any) -> None:
+        for logger in self.loggers():
+            logger.removeFilter(self.filter)
+        full = errno.ENOSPC, os.strerror(errno.ENOSPC)
+        if isinstance(error, OSError) and is_disk_full(error) and not error.filename:
+            raise OSError(*full, str(self.experiment)) from error  # Tune's own files
+        if error is None and self.path is not None:
+            raise OSError(*full, self.path)
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        if result.get("status") == DISK_FULL and self.path is None:
+            self.path = result.get("path") or str(self.experiment)
+        return False
+
+    def stop_all(self) -> bool:
+        return self.path is not None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a record of a full disk, and for any once the disk is full (a trial
+        stopped for it has no metrics: Tune warns about that)."""
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and is_disk_full(error) and self.path is None:
+            self.path = getattr(error, "filename", None) or str(self.experiment)
+        return self.path is None
 
 
 def execute_grid(
@@ -147,8 +217,18 @@ class Launch:
     provenance: Provenance
     tag: str = ""
 
-    def task(self, planned: PlannedTrial, lr: float, wd: float, seed: int) -> TrialTask:
+    def task(
+        self,
+        planned: PlannedTrial,
+        lr: float,
+        wd: float,
+        seed: int,
+        temperature: float | None = None,
+        offset: float | None = None,
+    ) -> TrialTask:
+        """The trial's task; ``temperature`` and ``offset`` of the loss default to the paper's."""
         config = self.config
+        loss = {"loss_temperature": temperature, "loss_offset": offset}
         spec = TrialSpec(
             dataset=planned.cell.dataset,
             size=planned.cell.size,
@@ -165,6 +245,7 @@ class Launch:
             max_examples=config.max_examples,
             checkpoint_every_epochs=config.checkpoint_every_epochs,
             memory_limit_gib=config.memory_per_trial_gib,
+            **{key: value for key, value in loss.items() if value is not None},
         )
         return TrialTask(
             folder=str(self.folder.resolve()),
@@ -176,4 +257,5 @@ class Launch:
             max_gpu_hours=config.max_gpu_hours,
             estimated_hours=planned.device_hours(config.gpus_per_trial),
             provenance=self.provenance,
+            rung=planned.rung,
         )

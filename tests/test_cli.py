@@ -116,6 +116,7 @@ def test_doctor_survives_missing_data_and_slurm(tmp_path: Path) -> None:
         (["train", "--method", "aol", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["rank", "--paper", "--top", "a,b"], "--top must be comma-separated integers"),
         (["plan", "--gpus", "0"], "--gpus must be at least 1, got 0"),
+        (["plan", "--gpus", "-3"], "--gpus must be at least 1, got -3"),
         (["calibrate", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["bench", "--batches", "0"], "--batches must be at least 1"),
         (["bench", "--format", "xml"], "unknown --format 'xml'"),
@@ -313,3 +314,69 @@ def test_a_second_driver_on_the_same_folder_is_refused_naming_the_first(tmp_path
     finally:
         holder.kill()
         holder.wait()
+
+
+def fill_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on, every atomic write (a temporary file, then a rename) hits a full disk
+    half-way."""
+    import errno
+
+    real = Path.write_text
+
+    def write_text(self: Path, data: str, *args, **kwargs) -> int:
+        if not self.name.endswith(".tmp"):
+            return real(self, data, *args, **kwargs)
+        real(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def test_a_full_disk_is_one_line_and_exit_1_leaving_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume names the folder and how to go on; a fresh launch, which has no sweep to
+    resume yet, leaves no folder behind. Neither leaves a temporary file."""
+    from typer.testing import CliRunner
+
+    from lipsweep.cli import app
+    from lipsweep.config import SweepConfig
+
+    monkeypatch.setenv("LIPSWEEP_CACHE", str(tmp_path / "cache"))
+    sweep = tmp_path / "sweep"
+    SweepConfig("t", ("digits",), ("XS",), ("aol",), ("1h",)).save(sweep)  # written whole
+    stored = (sweep / "sweep.json").read_text()
+    fill_disk(monkeypatch)
+    result = CliRunner().invoke(app, ["resume", str(sweep)])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: no space left on device under {sweep}: free space and run "
+        f"`lipsweep resume {sweep}` (finished results are kept)"
+    ]
+    assert (sweep / "sweep.json").read_text() == stored
+    fresh = tmp_path / "fresh"
+    result = CliRunner().invoke(app, ["launch", "--preset", "quickstart", "--out", str(fresh)])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: no space left on device under {fresh}: free space and run the command again"
+    ]
+    assert not fresh.exists()
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_an_unreachable_ray_address_fails_fast_in_one_line_writing_nothing(tmp_path: Path) -> None:
+    """Nothing listens on port 1: ray.init would retry for minutes; the launch answers in
+    seconds, before any calibration or file."""
+    import time
+
+    out = tmp_path / "sweep"
+    env = {"LIPSWEEP_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    start = time.monotonic()
+    result = run("launch", "--preset", "quickstart", "--backend", "ray", "--address",
+                 "127.0.0.1:1", "--out", str(out), env=env, cwd=tmp_path)  # fmt: skip
+    assert time.monotonic() - start < 15
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no Ray cluster answers at 127.0.0.1:1" in result.stderr
+    assert "start it or fix --address" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -2,7 +2,7 @@
 
 Commands live in ``sweep`` (launch, plan, resume, status, cancel, slurm-cell), ``train`` (train,
 calibrate), ``tools`` (doctor, data, bench, rank), ``certify`` (certify, audit) and ``export``;
-``render`` draws their tables. Only ``lipsweep.errors.InputError`` becomes the one-line "error: ..." with exit 2; any other
+``transfer`` (transfer); ``render`` draws their tables. Only ``lipsweep.errors.InputError`` becomes the one-line "error: ..." with exit 2; any other
 exception is a bug and shows its traceback (exit 1).
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from lipsweep import __version__
-from lipsweep.cli import certify, export, sweep, tools, train
+from lipsweep.cli import certify, export, sweep, tools, train, transfer
 from lipsweep.cli.common import InputErrorsAsOneLine, console
 
 app = typer.Typer(
@@ -48,5 +48,6 @@ train.register(app)
 certify.register(app)
 export.register(app)
 sweep.register(app)
+transfer.register(app)
 
 __all__ = ["app"]

@@ -13,7 +13,14 @@ from rich.text import Text
 
 from lipsweep.config import SweepConfig
 from lipsweep.names import Cell
-from lipsweep.plan import CellPlan, hours_unit, planned_trials, summarize
+from lipsweep.plan import (
+    CellPlan,
+    hours_unit,
+    planned_trials,
+    rungs_text,
+    search_hours,
+    summarize,
+)
 from lipsweep.status import SweepStatus, sweep_status
 
 
@@ -23,16 +30,33 @@ def plan_table(config: SweepConfig, plans: list[CellPlan], devices: int) -> Tabl
     table.add_column("cell")
     table.add_column("s/epoch", justify="right")
     table.add_column(f"search {config.search_budget}", justify="right")
+    halving = config.search == "halving"
+    if halving:
+        table.add_column(f"halving, eta {config.eta}: trials x epochs per rung")
     for label in config.budgets:
         table.add_column(f"final {label}", justify="right")
     for plan in plans:
-        epochs = [str(plan.epochs[b]) for b in (config.search_budget, *config.budgets)]
-        table.add_row(plan.cell.name, f"{plan.seconds_per_epoch:.2f}", *epochs)
+        search, *finals = [str(plan.epochs[b]) for b in (config.search_budget, *config.budgets)]
+        rungs = [rungs_text(config, plan)] if halving else []
+        table.add_row(plan.cell.name, f"{plan.seconds_per_epoch:.2f}", search, *rungs, *finals)
     summary = summarize(config, planned_trials(config, plans), devices)
     table.caption = "epochs per trial; " + ", ".join(
         f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()
     )
+    table.caption += "; " + search_cost_text(config, plans)
     return table
+
+
+def search_cost_text(config: SweepConfig, plans: list[CellPlan]) -> str:
+    """The search's device-hours beside the random search's (the paper's) for the same trials."""
+    unit = hours_unit(config)
+    random_hours = search_hours(config, plans, "random")
+    text = f"search {unit}: random {random_hours:.4g}"
+    if config.search == "halving":
+        hours = search_hours(config, plans, "halving")
+        ratio = hours / random_hours if random_hours else float("nan")
+        text += f", halving {hours:.4g} ({ratio:.2f} of random)"
+    return text
 
 
 def status_table(status: SweepStatus, jobs: dict[Cell, str] | None = None) -> RenderableType:
@@ -40,16 +64,23 @@ def status_table(status: SweepStatus, jobs: dict[Cell, str] | None = None) -> Re
     and hours in the hundred thousands; SLURM jobs, when given, in a second table below."""
     config = status.config
     unit = "GPU-h" if config.gpus_per_trial > 0 else "dev-h"
+    halving = config.search == "halving"
     table = Table(
-        title=f"sweep {config.sweep_id} in {status.folder}", box=box.SIMPLE_HEAD, pad_edge=False
+        title=f"sweep {config.sweep_id} in {status.folder}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=halving,  # room for the rung column within 80 columns
     )
-    for column in ("cell", "search", "run", "fail", "val CRA", "final", unit, "left"):
+    columns = ("cell", "search", *(("rung",) if halving else ()), "run", "fail", "val CRA")
+    for column in (*columns, "final", unit, "left"):
         left = column == "cell"
         table.add_column(column, justify="left" if left else "right", no_wrap=left)
     for cell in status.cells:
+        rung = [rung_text(cell.rung, cell.rungs, cell.survivors)] if halving else []
         table.add_row(
             cell.cell.name,
-            f"{cell.search_done}/{config.trials}",
+            f"{cell.search_done}/{cell.search_trials or config.trials}",
+            *rung,
             str(cell.running),
             str(cell.search_failed),
             "-" if math.isnan(cell.best_val_cra) else f"{cell.best_val_cra:.3f}",
@@ -58,14 +89,27 @@ def status_table(status: SweepStatus, jobs: dict[Cell, str] | None = None) -> Re
             "-" if cell.hours_left is None else hours_text(cell.hours_left),
         )
     cap = f" of {config.max_gpu_hours:g}" if config.max_gpu_hours else ""
+    rung_caption = (
+        "search: completed/trials of every rung; rung: the rung running now/rungs:its "
+        "configurations (the survivors of the rung below); "
+        if halving
+        else "search: completed/trials; "
+    )
     table.caption = (
-        f"search: completed/trials; run: attempts running; val CRA: best validation CRA@36; "
+        f"{rung_caption}run: attempts running; val CRA: best validation CRA@36; "
         f"{unit}: {hours_unit(config)} spent, left: still needed (k = 1000). "
         f"{status.finished} attempts finished, {status.running} running, "
         f"{status.interrupted} interrupted; {hours_unit(config)} "
         f"{hours_text(status.spent_hours)}{cap}{training_text(status)}; {status.eta_text()}"
     )
     return Group(table, jobs_table(status, jobs)) if jobs else table
+
+
+def rung_text(rung: int | None, rungs: int | None, survivors: int | None) -> str:
+    """ "2/3:6": the second of three rungs, running 6 configurations."""
+    if rung is None or rungs is None:
+        return "-"
+    return f"{rung + 1}/{rungs}:{survivors}"
 
 
 def jobs_table(status: SweepStatus, jobs: dict[Cell, str]) -> Table:
@@ -101,13 +145,16 @@ def status_frame(status: SweepStatus, jobs: dict[Cell, str] | None = None) -> pd
             "cell": c.cell.name,
             "search_completed": c.search_done,
             "search_failed": c.search_failed,
-            "search_trials": status.config.trials,
+            "search_trials": c.search_trials or status.config.trials,
             "running": c.running,
             "best_val_cra_36": c.best_val_cra,
             "finals_completed": c.finals_done,
             "finals": len(status.config.budgets) * status.config.final_seeds,
             "device_hours": c.device_hours,
             "device_hours_left": c.hours_left,
+            "rung": c.rung,
+            "rungs": c.rungs,
+            "rung_configurations": c.survivors,
             "slurm_job": (jobs or {}).get(c.cell),
         }
         for c in status.cells

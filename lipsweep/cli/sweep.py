@@ -59,6 +59,16 @@ FinalSeedsOpt = Annotated[
 SearchOpt = Annotated[str | None, typer.Option(help="Budget of each search trial (paper: 2h).")]
 PresetOpt = Annotated[str | None, typer.Option(help="paper (default) or quickstart.")]
 OutOpt = Annotated[Path, typer.Option(help="The sweep's folder (results, checkpoints, studies).")]
+SearchKindOpt = Annotated[
+    str,
+    typer.Option(
+        "--search",
+        help="random (the paper's) or halving: successive halving of complete runs (README).",
+    ),
+]
+EtaOpt = Annotated[
+    int, typer.Option(help="--search halving: each rung keeps 1/eta, trained eta x longer.")
+]
 
 
 def sweep_options(
@@ -167,7 +177,8 @@ class PlainProgress:
             self.done.add(cell.cell)
             finals = len(status.config.budgets) * status.config.final_seeds
             log_line(
-                f"cell done {cell.cell}: search {cell.search_done}/{status.config.trials} "
+                f"cell done {cell.cell}: search "
+                f"{cell.search_done}/{cell.search_trials or status.config.trials} "
                 f"completed, finals {cell.finals_done}/{finals} completed, "
                 f"{hours_text(cell.device_hours)} {hours_unit(status.config)}"
             )
@@ -203,6 +214,8 @@ def launch(
     cpus_per_trial: Annotated[int, typer.Option(help="CPU cores (torch threads) per trial.")] = 1,
     max_retries: Annotated[int, typer.Option(help="New-seed retries of a NaN attempt.")] = 2,
     sampler: Annotated[str, typer.Option(help="Optuna sampler: random (paper) or tpe.")] = "random",
+    search_kind: SearchKindOpt = "random",
+    eta: EtaOpt = 3,
     seed: Annotated[int, typer.Option(help="Seed of the samplers and final-run seeds.")] = 0,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (paper: 256).")] = None,
     data_dir: DataOpt = None,
@@ -211,6 +224,15 @@ def launch(
     ] = None,
     wd_range: Annotated[
         str | None, typer.Option(help="Weight decays searched, LOW,HIGH (paper: 3.16e-6,3.16e-4).")
+    ] = None,
+    search_space: Annotated[
+        str | None, typer.Option(help="Dimensions searched: lr,wd (paper) [,temperature,offset].")
+    ] = None,
+    temperature_range: Annotated[
+        str | None, typer.Option(help="Loss temperatures searched, LOW,HIGH (0.0625,1).")
+    ] = None,
+    offset_range: Annotated[
+        str | None, typer.Option(help="Loss offsets searched, LOW,HIGH (0.0998,1.597).")
     ] = None,
     memory_per_trial: Annotated[
         float | None,
@@ -292,11 +314,16 @@ def launch(
         cpus_per_trial=cpus_per_trial,
         max_retries=max_retries,
         sampler=sampler,
+        search=search_kind,
+        eta=eta,
         seed=seed,
         batch_size=batch_size,
         data_dir=str(data_dir) if data_dir else None,
         lr_range=log_range(lr_range, "--lr-range"),
         weight_decay_range=log_range(wd_range, "--wd-range"),
+        search_space=split_list(search_space),
+        temperature_range=log_range(temperature_range, "--temperature-range"),
+        offset_range=log_range(offset_range, "--offset-range"),
         memory_per_trial_gib=memory_per_trial,
         max_examples=max_examples,
         max_epochs=max_epochs,
@@ -339,6 +366,8 @@ def plan(
         ),
     ] = "paper-a100",
     gpus: Annotated[int, typer.Option(help="Devices to compute the makespan for.")] = 8,
+    search_kind: SearchKindOpt = "random",
+    eta: EtaOpt = 3,
     data_dir: DataOpt = None,
 ) -> None:
     """Print, before anything runs, the attempts, GPU-hours and makespan of a launch.
@@ -353,6 +382,8 @@ def plan(
         trials=trials,
         final_seeds=final_seeds,
         calibration=calibration,
+        search=search_kind,
+        eta=eta,
         gpus_per_trial=1.0,
         data_dir=str(data_dir) if data_dir else None,
     )

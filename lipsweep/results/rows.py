@@ -37,9 +37,15 @@ class Provenance:
 
 
 def attempt_row(
-    trial: TrialId, attempt: int, spec: TrialSpec, outcome: Outcome, gpus: float, prov: Provenance
+    trial: TrialId,
+    attempt: int,
+    spec: TrialSpec,
+    outcome: Outcome,
+    gpus: float,
+    prov: Provenance,
+    rung: int | None = None,
 ) -> dict[str, Any]:
-    """One Parquet row for a finished attempt."""
+    """One Parquet row for a finished attempt (``rung``: of a halving search's trial)."""
     import torch
 
     from lipsweep.measure import device_name
@@ -64,6 +70,9 @@ def attempt_row(
         "lr": spec.lr,
         "weight_decay": spec.weight_decay,
         "seed": spec.seed,
+        "rung": rung,
+        "loss_temperature": spec.loss_temperature,
+        "loss_offset": spec.loss_offset,
         "batch_size": spec.batch_size,
         "status": str(outcome.status),
         "error": outcome.error,
@@ -83,6 +92,7 @@ def attempt_row(
         "gpu_hours": device_hours(outcome.device_seconds, gpus),
         "lipschitz_bound": outcome.lipschitz_bound,
         "certified_lipschitz": outcome.certified_lipschitz,
+        "float32_logit_deviation": outcome.float32_logit_deviation,
         "device": device_name(torch.device(spec.device)),
         "versions": prov.versions,
         "git_commit": prov.git_commit,

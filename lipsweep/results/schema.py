@@ -27,6 +27,13 @@ ATTEMPT_SCHEMA = pa.schema(
         ("lr", pa.float64()),
         ("weight_decay", pa.float64()),
         ("seed", pa.int64()),
+        # --search halving: the search trial's rung (0 first; lipsweep.halving). Null in final
+        # rows, in random-search rows and in rows written before the column existed.
+        ("rung", pa.int64()),
+        # The training loss's temperature and offset (lipsweep.loss; searched with --search-space,
+        # else the paper's 0.25 and 2 sqrt(2) 36/255). Null in rows written before they existed.
+        ("loss_temperature", pa.float64()),
+        ("loss_offset", pa.float64()),
         ("batch_size", pa.int64()),
         ("status", pa.string()),  # lipsweep.names.AttemptStatus: completed / nan / oom / failed
         ("error", pa.string()),
@@ -37,6 +44,10 @@ ATTEMPT_SCHEMA = pa.schema(
         # logits. Null in search rows: their CRA (float32, L = 1) select trials, certify nothing.
         ("lipschitz_bound", pa.float64()),
         ("certified_lipschitz", pa.float64()),
+        # Final stage: max |z32 - z64| over the test logits, the float32 model against the
+        # float64 one (a measurement, lipsweep.certify). Null in search rows and in rows
+        # written before the column existed (readers fill a missing column with nulls).
+        ("float32_logit_deviation", pa.float64()),
         ("seconds_per_epoch", pa.float64()),
         ("calibration", pa.string()),  # how epochs were planned: "measure" or "paper-a100"
         ("train_throughput", pa.float64()),  # examples / s
