@@ -345,6 +345,8 @@ def certify_model(
     if not batches:
         raise ValueError("certify_model needs at least one batch")
     bound, stage_list = model_bound(checked, tuple(batches[0][0].shape[1:]))
+    if not math.isfinite(bound):  # max(1.0, nan) is 1.0: never certify with it
+        raise ValueError(f"the model's Lipschitz bound is {bound} (non-finite weights)")
     lipschitz = max(1.0, bound)
     seconds = {"bound": time.perf_counter() - start}
     start = time.perf_counter()

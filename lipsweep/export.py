@@ -16,6 +16,7 @@ trained weights are loaded (the pitfall of exporting a freshly built network).
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,8 @@ def export_checkpoint(checkpoint: Path, out: Path, fmt: str = "pt2") -> dict[str
     cell = checkpoint_config(checkpoint)
     frozen = freeze(model)
     bound, stages = model_bound(frozen, model.input_shape)
+    if not math.isfinite(bound):
+        raise NotExportable(f"its Lipschitz bound is {bound} (non-finite weights)")
     record = {
         "format": fmt,
         "cell": cell,

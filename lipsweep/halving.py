@@ -117,7 +117,10 @@ def progress(rungs: list[Rung], ended: Outcomes) -> list[RungProgress]:
     found, expected = [], rungs[0].size if rungs else 0
     for number, rung in enumerate(rungs):
         mine = [ended[i] for i in rung.indices if i in ended]
-        completed = sum(status == AttemptStatus.COMPLETED for status, _ in mine)
+        # As ``survivors`` counts them: a completed run without a value cannot survive.
+        completed = sum(
+            status == AttemptStatus.COMPLETED and not math.isnan(value) for status, value in mine
+        )
         found.append(RungProgress(rung, expected, len(mine), completed))
         if number + 1 < len(rungs):
             complete = expected is not None and len(mine) >= expected

@@ -9,6 +9,7 @@ opening; both under Optuna's own lock file, which every process of the sweep tak
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -35,6 +36,7 @@ class WholeLineJournal(JournalFileBackend):
         data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode()
         self.lock.acquire()
         try:
+            cut_fragment(self.path)  # a half line another writer left (killed, failed cut)
             size = self.path.stat().st_size
             try:
                 with self.path.open("ab") as file:
@@ -42,7 +44,7 @@ class WholeLineJournal(JournalFileBackend):
                     file.flush()
                     os.fsync(file.fileno())
             except OSError as error:
-                os.truncate(self.path, size)
+                cut_back(self.path, size, data)
                 if is_disk_full(error) and not error.filename:
                     raise OSError(error.errno, os.strerror(error.errno), str(self.path)) from error
                 raise
@@ -50,11 +52,28 @@ class WholeLineJournal(JournalFileBackend):
             self.lock.release()
 
 
+def cut_back(path: Path, size: int, data: bytes) -> None:
+    """After a failed append of ``data`` at ``size``: cut back a partial write, keep a whole one
+    (the failure came after it landed, e.g. in fsync: a reader may already have applied it).
+    A cut that fails too leaves a half line for the next append's ``cut_fragment``."""
+    with path.open("rb") as file:
+        file.seek(size)
+        landed = file.read()
+    if landed != data:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+
+
 def cut_fragment(path: Path) -> None:
     """Cut what follows the last line break (a line a killed or failed append left half)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as file:
+        file.seek(-1, os.SEEK_END)
+        if file.read(1) == b"\n":
+            return
     data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        os.truncate(path, data.rfind(b"\n") + 1)
+    os.truncate(path, data.rfind(b"\n") + 1)
 
 
 def journal(folder: Path) -> optuna.storages.JournalStorage:

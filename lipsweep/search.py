@@ -148,13 +148,13 @@ class Halving:
         return self.study_name if rung == 0 else f"{self.study_name}/rung{rung}"
 
     def study(self, rung: int) -> optuna.Study:
-        return optuna.create_study(
-            study_name=self.study_name_of(rung),
-            storage=self.storage,
-            direction="maximize",
-            load_if_exists=True,
-            sampler=optuna.samplers.RandomSampler(seed=0),  # never asked: params are fixed
-        )
+        sampler = optuna.samplers.RandomSampler(seed=0)  # never asked: params are fixed
+        name = self.study_name_of(rung)
+        try:  # loading appends nothing to the journal (create_study(load_if_exists) does)
+            return optuna.load_study(study_name=name, storage=self.storage, sampler=sampler)
+        except KeyError:
+            return optuna.create_study(study_name=name, storage=self.storage,
+                                       direction="maximize", sampler=sampler)  # fmt: skip
 
 
 @dataclass

@@ -25,7 +25,7 @@ from lipsweep.certify import (
 from lipsweep.cli import app
 from lipsweep.data import Batches, load_split
 from lipsweep.loss import offset_cross_entropy
-from lipsweep.model import ConvNet
+from lipsweep.model import ConvNet, build_model
 from lipsweep.names import CHECKPOINT
 from tests.test_model import TINY_SHAPE, orthogonal_standard_model
 
@@ -206,3 +206,17 @@ def test_float32_logit_deviation_is_measured_and_bounds_the_float32_logits(
     safe = certified(z64, y, RADII[0], certificate.lipschitz, 2 * deviation)
     assert safe.sum() > 10 and bool(logit_gaps(z32, y)[safe].gt(0).all())
     assert certificate_record(certificate)["float32_logit_deviation"] == deviation
+
+
+def test_a_non_finite_bound_certifies_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """max(1.0, nan) is 1.0 in Python: a NaN bound must stop the certificate, not make L = 1."""
+    model = build_model("aol", "XS", "digits").eval()
+    with torch.no_grad():
+        model.first_conv.weight[0, 0] = float("nan")
+    with pytest.raises(RuntimeError):  # the bound's eigensolver refuses NaN weights itself
+        certify_model(model, digits_test(16))
+    import lipsweep.certify
+
+    monkeypatch.setattr(lipsweep.certify, "model_bound", lambda *args: (math.nan, []))
+    with pytest.raises(ValueError, match="non-finite weights"):
+        certify_model(build_model("aol", "XS", "digits").eval(), digits_test(16))

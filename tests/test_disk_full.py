@@ -284,3 +284,36 @@ def test_a_half_line_left_by_a_killed_append_is_cut_on_opening(tmp_path: Path) -
     study.enqueue_trial({"x": 2.0})
     again = optuna.load_study(study_name="s", storage=journal(tmp_path))
     assert [t.system_attrs["fixed_params"] for t in again.trials] == [{"x": 1.0}, {"x": 2.0}]
+
+
+def test_a_half_line_left_while_the_journal_is_open_is_cut_before_the_next_append(
+    tmp_path: Path,
+) -> None:
+    """Another writer of the same journal (a SLURM cell task on another node) died mid-append
+    after this one opened it: the next append cuts the fragment instead of gluing to it."""
+    study = optuna.create_study(study_name="s", storage=journal(tmp_path))
+    study.enqueue_trial({"x": 1.0})
+    path = tmp_path / "optuna.journal"
+    with path.open("ab") as file:
+        file.write(b'{"op_code":4,"work')
+    study.enqueue_trial({"x": 2.0})
+    again = optuna.load_study(study_name="s", storage=journal(tmp_path))
+    assert [t.system_attrs["fixed_params"] for t in again.trials] == [{"x": 1.0}, {"x": 2.0}]
+
+
+def test_a_whole_line_whose_fsync_failed_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the line landed (fsync; on NFS, ENOSPC shows up there) must not cut a
+    line a reader may already have applied: the append raises and the line stays."""
+    study = optuna.create_study(study_name="s", storage=journal(tmp_path))
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "fsync failed")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        study.enqueue_trial({"x": 1.0})
+    monkeypatch.undo()
+    again = optuna.load_study(study_name="s", storage=journal(tmp_path))
+    assert [t.system_attrs["fixed_params"] for t in again.trials] == [{"x": 1.0}]

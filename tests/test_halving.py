@@ -110,6 +110,10 @@ def test_survivors_are_the_best_completed_ties_to_the_lower_index() -> None:
     ended |= {5: ("completed", 0.8), 6: ("oom", math.nan), 7: ("failed", math.nan)}
     steps = progress(rungs, ended)
     assert steps[1].complete and steps[2].expected == 1 and list(steps[2].never_run) == [9]
+    # A completed run without a value cannot survive: the next rung does not wait for it.
+    ended[6] = ("completed", math.nan)
+    steps = progress(rungs, ended)
+    assert steps[1].completed == 1 and steps[2].expected == len(survivors(ended, rungs[1], 2))
 
 
 def test_plan_shows_the_rungs_and_the_cost_beside_the_random_search() -> None:
