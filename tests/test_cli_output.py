@@ -46,7 +46,8 @@ SMALL = SweepConfig(
 AOL = Cell("digits", "XS", "aol")
 STATUS_COLUMNS = [
     "cell", "search_completed", "search_failed", "search_trials", "running", "best_val_cra_36",
-    "finals_completed", "finals", "device_hours", "device_hours_left", "slurm_job",
+    "finals_completed", "finals", "device_hours", "device_hours_left", "rung", "rungs",
+    "rung_configurations", "slurm_job",
 ]  # fmt: skip
 
 
