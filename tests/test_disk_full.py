@@ -23,11 +23,13 @@ import torch
 from lipsweep.attempt import Attempt, TrialSpec, run_attempt
 from lipsweep.config import SweepConfig
 from lipsweep.journal import journal
-from lipsweep.names import CHECKPOINT, DISK_FULL, Cell, TrialId
+from lipsweep.names import CHECKPOINT, DISK_FULL, Cell
 from lipsweep.plan import CellPlan, save_plan
 from lipsweep.results import read_attempts, read_history
-from lipsweep.results.rows import Provenance
-from lipsweep.trainable import DiskFullWatch, TrialTask, run_trial
+from lipsweep.trainable import DiskFullWatch, run_trial
+from tests.test_sweep import task
+
+AOL = Cell("digits", "XS", "aol")
 
 SPEC = TrialSpec(
     dataset="digits",
@@ -135,20 +137,6 @@ def test_an_attempt_out_of_space_raises_and_resumes_from_its_checkpoint(
     assert [row["run"] for row in outcome.history] == [0, 1]
 
 
-def task(folder: Path) -> TrialTask:
-    return TrialTask(
-        folder=str(folder),
-        trial=TrialId("search", Cell("digits", "XS", "aol"), "1h", 0),
-        spec=SPEC,
-        gpus=0.0,
-        cpus=1,
-        max_retries=2,
-        max_gpu_hours=None,
-        estimated_hours=0.001,
-        provenance=Provenance("t", "measure", "", ""),
-    )
-
-
 def test_a_result_that_does_not_fit_is_no_row_and_the_trial_finishes_later(
     tmp_path: Path,
 ) -> None:
@@ -158,12 +146,12 @@ def test_a_result_that_does_not_fit_is_no_row_and_the_trial_finishes_later(
     folder = tmp_path / "sweep"
     with mounted(folder / "results") as disk:
         disk.fill()
-        result = run_trial({"trial": task(folder)})
+        result = run_trial({"trial": task(folder, AOL, SPEC)})
         assert result["status"] == DISK_FULL
         assert Path(result["path"]).is_relative_to(folder / "results")
         assert read_attempts(folder).empty and not temporaries(folder)
         disk.grow()
-        assert run_trial({"trial": task(folder)})["status"] == "completed"
+        assert run_trial({"trial": task(folder, AOL, SPEC)})["status"] == "completed"
         attempts = read_attempts(folder)
         assert list(attempts["attempt_id"]) == ["search-digits-XS-aol-1h-t0-a0"]
         assert attempts.iloc[0]["resumed_from_epoch"] == 2
