@@ -19,9 +19,18 @@ def search_progress(
     return progress(cell_rungs(config, search_epochs), outcomes(ended))
 
 
+def ranked(rows: pd.DataFrame) -> pd.DataFrame:
+    """Search rows best first: validation CRA@36, then (ties: short runs often certify nothing)
+    validation accuracy, then the lower trial index; missing values last. The order
+    ``halving.survivors`` picks a rung's survivors in."""
+    return rows.sort_values(
+        ["cra_36", "accuracy", "trial_index"], ascending=[False, False, True], na_position="last"
+    )
+
+
 def select_best(attempts: pd.DataFrame, cell: Cell) -> pd.Series | None:
-    """The completed search attempt with the best final-epoch validation CRA at 36/255 (ties:
-    the lower trial index), or None if no search trial of the cell completed. In a halving
+    """The completed search attempt ranked first by ``ranked`` (best final-epoch validation
+    CRA at 36/255), or None if no search trial of the cell completed. In a halving
     search only the highest rung with a completed trial competes (the last rung, unless every
     run of it failed): lower rungs trained fewer epochs."""
     rows = cell_attempts(attempts, cell, "search")
@@ -35,4 +44,4 @@ def select_best(attempts: pd.DataFrame, cell: Cell) -> pd.Series | None:
         return None
     if "rung" in rows and rows["rung"].notna().any():
         rows = rows[rows["rung"] == rows["rung"].max()]
-    return rows.sort_values(["cra_36", "trial_index"], ascending=[False, True]).iloc[0]
+    return ranked(rows).iloc[0]

@@ -28,7 +28,7 @@ from lipsweep.halving import search_done
 from lipsweep.names import AttemptStatus, Cell
 from lipsweep.plan import CellPlan, PlannedTrial
 from lipsweep.results.store import cell_attempts, read_attempts
-from lipsweep.select import search_progress
+from lipsweep.select import ranked, search_progress
 from lipsweep.trainable import Launch, TrialTask, execute_grid
 
 FOLDER = "transfer"
@@ -76,7 +76,7 @@ def candidates(attempts: pd.DataFrame, launch: Launch, plan: CellPlan) -> pd.Dat
 def choose(
     launch: Launch, plan: CellPlan, budget: str, top_k: int, count: int
 ) -> tuple[Transfer, list[str]]:
-    """The top ``top_k`` candidates by validation CRA@36 (ties: the lower trial index) and
+    """The top ``top_k`` candidates in ``select.ranked``'s order (validation CRA@36) and
     ``count`` others drawn with the sweep's seed: (the transfer, notes for the user)."""
     config = launch.config
     if budget not in config.budgets:
@@ -88,17 +88,15 @@ def choose(
         raise InputError(
             f"--top-k {top_k} and --random {count}: give two or more configurations in all"
         )
-    ranked = candidates(read_attempts(launch.folder), launch, plan).sort_values(
-        ["cra_36", "trial_index"], ascending=[False, True]
-    )
+    ordered = ranked(candidates(read_attempts(launch.folder), launch, plan))
     notes = []
-    if top_k + count > len(ranked):
+    if top_k + count > len(ordered):
         notes.append(
-            f"{plan.cell} has {len(ranked)} completed search trials at the search budget's "
+            f"{plan.cell} has {len(ordered)} completed search trials at the search budget's "
             f"epochs, not {top_k + count}: all of them run"
         )
-    top = ranked.head(top_k).assign(picked="top")
-    rest = ranked.iloc[len(top) :]
+    top = ordered.head(top_k).assign(picked="top")
+    rest = ordered.iloc[len(top) :]
     draw = random.Random(f"{config.seed}/transfer/{plan.cell}")
     picks = sorted(draw.sample(range(len(rest)), min(count, len(rest))))
     chosen = pd.concat([top, rest.iloc[picks].assign(picked="random")])

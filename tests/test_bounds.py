@@ -192,12 +192,29 @@ def test_zero_padded_conv_bound_is_guaranteed(kernel: int, height: int, width: i
         assert exact <= bound <= exact * (1 + 1e-7)
 
 
-def test_dense_gram_matrix_is_the_conv_matrix_gram() -> None:
+def test_dense_gram_matrix_is_the_conv_matrix_gram_within_its_bandwidth() -> None:
     generator = torch.Generator().manual_seed(0)
     for channels, kernel, height, width in ((3, 3, 5, 4), (2, 5, 6, 5), (4, 1, 3, 3)):
         weight = torch.randn(channels, channels, kernel, kernel, generator=generator).double()
         a = conv_matrix(weight, height, width)
-        torch.testing.assert_close(same_conv_gram(weight, height, width), a.T @ a)
+        gram, bandwidth = same_conv_gram(weight, height, width)
+        torch.testing.assert_close(gram, a.T @ a)
+        offsets = torch.arange(len(gram))
+        beyond = (offsets[:, None] - offsets[None, :]).abs() > bandwidth
+        assert (gram[beyond] == 0).all()
+        assert bandwidth < len(gram) - 1 or kernel >= min(height, width)
+
+
+@pytest.mark.parametrize("shift", [1e-6, -1e-6])
+def test_band_cholesky_decides_like_the_dense_one(shift: float) -> None:
+    """tau I - G for tau just above / below lambda_max(G): the band factorisation (CPU) and the
+    dense one agree, so the band storage holds the whole matrix."""
+    weight = torch.randn(4, 4, 3, 3, generator=torch.Generator().manual_seed(2)).double()
+    gram, bandwidth = same_conv_gram(weight, 6, 7)
+    tau = (1 + shift) * torch.linalg.eigvalsh(gram)[-1]
+    dense = torch.linalg.cholesky_ex(tau * torch.eye(len(gram), dtype=torch.float64) - gram)
+    completes = norms.shifted_cholesky_completes(gram, tau, bandwidth)
+    assert completes == (dense[1].item() == 0) == (shift > 0)
 
 
 def test_dense_bound_survives_a_low_lanczos_value(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 import pytest
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
@@ -30,6 +31,7 @@ from lipsweep.loss import DEFAULT_MARGIN, DEFAULT_TEMPERATURE
 from lipsweep.plan import CellPlan, planned_trials, save_plan
 from lipsweep.results import read_attempts, read_history
 from lipsweep.search import CellSearch, Halving, SearchSettings, journal, prepare_cell, search_space
+from lipsweep.select import ranked
 from lipsweep.status import sweep_status
 from tests.test_sweep import _kill_tree, status_text
 
@@ -81,6 +83,19 @@ def test_rungs_grow_epochs_by_eta_up_to_the_search_epochs(
     assert [(r.size, r.epochs) for r in rungs] == expected
     assert rungs[-1].epochs == epochs and rungs[0].epochs >= 1
     assert [r.offset for r in rungs] == [sum(s for s, _ in expected[:i]) for i in range(len(rungs))]
+
+
+def test_selection_ranks_like_the_survivors() -> None:
+    """The final's selection and a rung's survivors order trials the same way: CRA, then
+    accuracy, then the lower index (missing accuracy counts as lowest)."""
+    cra = [0.0, 0.3, 0.0, 0.3, 0.0, 0.0]
+    accuracy = [0.5, 0.2, 0.7, 0.4, math.nan, 0.7]
+    rows = pd.DataFrame({"trial_index": range(6), "cra_36": cra, "accuracy": accuracy})
+    order = ranked(rows.sample(frac=1, random_state=0))["trial_index"].tolist()
+    assert order == [3, 1, 2, 5, 0, 4]
+    ended = {i: ("completed", value) for i, value in enumerate(cra)}
+    known = {i: value for i, value in enumerate(accuracy) if not math.isnan(value)}
+    assert survivors(ended, Rung(0, 6, 1, 0), 6, accuracy=known) == order
 
 
 def test_survivors_are_the_best_completed_ties_to_the_lower_index() -> None:

@@ -112,8 +112,10 @@ def test_sweep_runs_search_select_final_into_parquet(tmp_path: Path, ray_session
     assert search["lipschitz_bound"].isna().all() and search["certified_lipschitz"].isna().all()
     for method in ("aol", "sll"):
         mine = search[search["method"] == method]
-        # Best validation CRA; ties go to the lower trial index.
-        best = mine.sort_values(["cra_36", "trial_index"], ascending=[False, True]).iloc[0]
+        # Best validation CRA; ties go to the higher accuracy, then the lower trial index.
+        best = mine.sort_values(
+            ["cra_36", "accuracy", "trial_index"], ascending=[False, False, True]
+        ).iloc[0]
         final = finals[finals["method"] == method].iloc[0]
         assert (final["lr"], final["weight_decay"]) == (best["lr"], best["weight_decay"])
     history = read_history(tmp_path)

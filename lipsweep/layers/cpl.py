@@ -18,7 +18,8 @@ from the persistent buffer ``u`` (1, C, input_size, input_size):
   state: sigma_g = ``norms.same_conv_bound`` at the input's H x W (the torus bound: the
   zero-padded conv is a restriction of the circular one on a (H + k // 2) x (W + k // 2)
   torus, whose norm is exact per DFT frequency; for maps of at most ``norms.DENSE_LIMIT``
-  inputs, where the torus bound is 2-12% high, the exact norm checked on the dense matrix),
+  inputs, where the torus bound is 2-12% high, the exact norm checked by a Cholesky
+  factorisation of the banded Gram matrix),
   r = 2 / ((1 + 1e-5) sigma_g^2 + 1e-6) in float64, rounded down when cast to the layer's
   dtype. Then r sigma^2 <= r sigma_g^2 < 2. No buffer is read, so the cached weight is a pure
   function of the parameters. Every iterative estimate approaches sigma from below (power

@@ -9,11 +9,13 @@ here reads a stored power-iteration vector, so the results depend on the weights
 * ``same_conv_bound``: a zero-padded 'same' convolution (CPL, SLL, SOC), the smaller of a
   torus bound (a restriction of the circular conv on a slightly larger torus) and, for maps of
   at most ``DENSE_LIMIT`` inputs, the exact norm of the dense matrix, checked by a Cholesky
-  factorisation.
+  factorisation (of a band matrix on the CPU: the Gram matrix of a k x k conv couples pixels
+  at most k - 1 rows apart).
 """
 
 from __future__ import annotations
 
+import scipy.linalg
 import torch
 import torch.nn.functional as F
 
@@ -93,6 +95,8 @@ def same_conv_bound(kernel: torch.Tensor, height: int, width: int) -> torch.Tens
     rounding, so small maps (where the gap is large) get it.
     """
     bound = torus_bound(kernel, height, width)
+    if kernel.shape[-2:] == (1, 1):
+        return bound  # a 1 x 1 conv is one matrix per pixel: the torus bound is its norm
     if kernel.shape[1] * height * width <= DENSE_LIMIT:
         bound = torch.minimum(bound, dense_bound(kernel, height, width, bound))
     return bound
@@ -106,19 +110,23 @@ def torus_bound(kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return circular_conv_norm(kernel, *sides)
 
 
-def same_conv_gram(kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The dense Gram matrix G = A^T A (N x N, N = C_in H W, float64, ``conv_matrix``'s order)
-    of the zero-padded conv A.
+def same_conv_gram(kernel: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int]:
+    """(G, b): the dense Gram matrix G = A^T A (N x N, N = C_in H W, float64, ``conv_matrix``'s
+    pixel-major order) of the zero-padded conv A, and its bandwidth b (G_(i, j) = 0 for
+    |i - j| > b).
 
     y_o = sum_a K_a x_(o + a - p) (cross-correlation, K_a the c_out x c_in matrix of tap a,
     p = k // 2), so A has the block K_(i - o + p) at (output o, input i) and
     G_(i, j) = sum_o K_(i - o + p)^T K_(j - o + p) over the outputs o and taps in range. The
-    products P_(a, b) = K_a^T K_b are formed once and added into their blocks.
+    products P_(a, b) = K_a^T K_b are formed once; a count matrix (how many outputs o read
+    pixel i through tap a and pixel j through tap b) times them gives every block in one
+    matmul. Two pixels read by one output are at most (kh - 1) W + kw - 1 apart in row-major
+    order: that, in whole pixels of C_in entries, is the bandwidth.
     """
     k = kernel.detach().double()
     c_in, (kh, kw) = k.shape[1], k.shape[-2:]
     taps = k.flatten(2)  # (out, in, t)
-    products = torch.einsum("oia,ojb->abij", taps, taps)  # (t, t, in, in)
+    products = torch.einsum("oia,ojb->abij", taps, taps).flatten(0, 1)  # (t t, in, in)
     out_h, out_w = height + 2 * (kh // 2) - kh + 1, width + 2 * (kw // 2) - kw + 1
     o_h, o_w, a_h, a_w = torch.meshgrid(
         torch.arange(out_h), torch.arange(out_w), torch.arange(kh), torch.arange(kw), indexing="ij"
@@ -129,14 +137,37 @@ def same_conv_gram(kernel: torch.Tensor, height: int, width: int) -> torch.Tenso
     inside = (i_h >= 0) & (i_h < height) & (i_w >= 0) & (i_w < width)
     pixel = i_h * width + i_w
     # Every pair (tap a, tap b) of one output o: G_(pixel_a, pixel_b) += P_(a, b).
-    pairs = (inside[:, :, None] & inside[:, None, :]).nonzero(as_tuple=True)
-    o, a, b = pairs
-    pixels = height * width
-    blocks = k.new_zeros(pixels * pixels, c_in, c_in)
-    index = (pixel[o, a] * pixels + pixel[o, b]).to(k.device)
-    blocks.index_add_(0, index, products[a.to(k.device), b.to(k.device)])
-    blocks = blocks.view(pixels, pixels, c_in, c_in).permute(2, 0, 3, 1)  # (c, pixel) order
-    return blocks.reshape(pixels * c_in, pixels * c_in)
+    o, a, b = (inside[:, :, None] & inside[:, None, :]).nonzero(as_tuple=True)
+    pixels, t = height * width, taps.shape[-1]
+    index = (pixel[o, a] * pixels + pixel[o, b]) * t * t + a * t + b
+    counts = torch.bincount(index, minlength=pixels * pixels * t * t).view(pixels * pixels, -1)
+    blocks = counts.to(k.device, torch.float64) @ products.flatten(1)
+    gram = blocks.view(pixels, pixels, c_in, c_in).transpose(1, 2).reshape(pixels * c_in, -1)
+    reach = int((pixel[o, a] - pixel[o, b]).abs().max()) if len(o) else 0
+    return gram, (reach + 1) * c_in - 1
+
+
+def shifted_cholesky_completes(gram: torch.Tensor, tau: torch.Tensor, bandwidth: int) -> bool:
+    """Whether the Cholesky factorisation of tau I - ``gram`` (symmetric, float64, zero beyond
+    ``bandwidth`` off the diagonal) runs to completion: LAPACK's band Cholesky (pbtrf) on the
+    CPU, the dense one (potrf) on an accelerator. pbtrf is the same algorithm with the
+    structural zeros (which stay exact zeros in the factor) skipped, so the backward error
+    bound quoted in ``dense_bound`` holds for both.
+    """
+    if gram.device.type != "cpu":
+        shifted = -gram
+        shifted.diagonal().add_(tau)
+        return torch.linalg.cholesky_ex(shifted)[1].item() == 0
+    dense = gram.numpy()
+    band = torch.zeros(bandwidth + 1, len(dense), dtype=torch.float64).numpy()
+    for offset in range(bandwidth + 1):  # LAPACK upper band storage: row b - d holds diagonal d
+        band[bandwidth - offset, offset:] = -dense.diagonal(offset)
+    band[bandwidth] += tau.item()
+    try:
+        scipy.linalg.cholesky_banded(band, lower=False, check_finite=False)
+    except scipy.linalg.LinAlgError:  # a pivot <= 0: not positive definite (as computed)
+        return False
+    return True
 
 
 def dense_bound(kernel: torch.Tensor, height: int, width: int, upper: torch.Tensor) -> torch.Tensor:
@@ -162,12 +193,10 @@ def dense_bound(kernel: torch.Tensor, height: int, width: int, upper: torch.Tens
     shape = (1, k.shape[1], height, width)
     start = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     theta, _, _, _ = largest_eigenpair(gram_of, start.to(k.device), 200, DENSE_RTOL, 2000)
-    gram = same_conv_gram(k, height, width)
+    gram, bandwidth = same_conv_gram(k, height, width)
     size, unit = len(gram), torch.finfo(torch.float64).eps / 2
     tau = (1 + CHECK_SLACK) * theta.clamp_min(0)
-    eye = torch.eye(size, dtype=torch.float64, device=gram.device)
-    _, info = torch.linalg.cholesky_ex(tau * eye - gram)
-    if info.item() == 0:
+    if shifted_cholesky_completes(gram, tau, bandwidth):
         top = tau + 2 * size**2 * unit * (tau + upper.double() ** 2)
     else:
         top = torch.linalg.eigvalsh(gram)[-1].clamp_min(0)
@@ -176,9 +205,11 @@ def dense_bound(kernel: torch.Tensor, height: int, width: int, upper: torch.Tens
 
 def conv_matrix(kernel: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The dense matrix of ``conv2d(x, kernel, padding=k // 2)`` on height x width inputs, in
-    float64 (tests and benchmarks compare bounds with its exact norm)."""
+    float64, pixel-major (index = pixel * C + channel) on both sides (tests and benchmarks
+    compare bounds with its exact norm)."""
     k = kernel.detach().double()
     size = k.shape[1] * height * width
-    eye = torch.eye(size, dtype=torch.float64, device=k.device).view(size, -1, height, width)
+    eye = torch.eye(size, dtype=torch.float64, device=k.device).view(size, height, width, -1)
     padding = (k.shape[-2] // 2, k.shape[-1] // 2)
-    return F.conv2d(eye, k, padding=padding).flatten(1).T
+    out = F.conv2d(eye.permute(0, 3, 1, 2), k, padding=padding)
+    return out.permute(0, 2, 3, 1).flatten(1).T
