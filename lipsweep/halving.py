@@ -143,7 +143,7 @@ def survivors(
 ) -> list[int]:
     """Trial indices of the ``count`` best completed trials of ``rung``: highest validation
     CRA@36 first, then (ties: on short early rungs most runs certify nothing, CRA 0) the
-    higher validation ``accuracy``, then the lower index (as selection breaks them)."""
+    higher validation ``accuracy``, then the lower index (``select.ranked``'s order)."""
     accuracy = accuracy or {}
     completed = [
         (value, accuracy.get(index, 0.0), index)
@@ -162,6 +162,14 @@ def accuracies(ended_rows: pd.DataFrame) -> dict[int, float]:
         return {}
     values = ended_rows["accuracy"].fillna(0.0)
     return dict(zip(ended_rows["trial_index"].astype(int), values.astype(float), strict=True))
+
+
+def seeds(ended_rows: pd.DataFrame) -> dict[int, int]:
+    """Trial index -> the seed its ended attempt ran with (a retried trial: the retry's)."""
+    if ended_rows.empty:
+        return {}
+    values = ended_rows["seed"].astype(int)
+    return dict(zip(ended_rows["trial_index"].astype(int), values, strict=True))
 
 
 def outcomes(ended_rows: pd.DataFrame) -> dict[int, tuple[str, float]]:

@@ -17,8 +17,9 @@ dataset is the truth, the study only remembers the hyperparameters.
 A halving search (lipsweep.halving) asks rung 0 as above. Rung r's trials live in a study of
 their own, ``<sweep>/<cell>/rung<r>`` (so the dashboard compares runs of equal epochs), trial
 number k being trial index ``offset_r + k``: once every trial of rung r - 1 has ended, its
-survivors are enqueued there with their parents' params (user attributes ``rung`` and
-``parent``, the parent's trial index), asked, and handed out like interrupted trials, so the
+survivors are enqueued there with their parents' params (the seed of the parent's completed
+attempt: a retried parent's retry seed; user attributes ``rung`` and ``parent``, the parent's
+trial index), asked, and handed out like interrupted trials, so the
 same rules resume them. Opening a rung is idempotent: a relaunch asks enqueued trials a killed
 driver left WAITING and adds only the survivors still missing.
 """
@@ -39,7 +40,15 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from lipsweep.config import OFFSET_RANGE, TEMPERATURE_RANGE, SweepConfig
-from lipsweep.halving import Rung, accuracies, cell_rungs, outcomes, progress, survivors
+from lipsweep.halving import (
+    Rung,
+    accuracies,
+    cell_rungs,
+    outcomes,
+    progress,
+    seeds,
+    survivors,
+)
 from lipsweep.journal import journal
 from lipsweep.names import AttemptStatus, Cell
 from lipsweep.plan import PlannedTrial
@@ -141,8 +150,7 @@ class Halving:
     study_name: str
     storage: optuna.storages.BaseStorage
     space: Callable[[optuna.Trial], Any]
-    read_ended: Callable[[], dict[int, Ended]]  # the cell's ended search trials, read now
-    read_accuracy: Callable[[], dict[int, float]]  # their validation accuracy: CRA ties
+    read_ended: Callable[[], pd.DataFrame]  # the cell's ended search rows, read now
 
     def study_name_of(self, rung: int) -> str:
         return self.study_name if rung == 0 else f"{self.study_name}/rung{rung}"
@@ -259,7 +267,8 @@ def open_rung(halving: Halving) -> list[Replay]:
     the rung's study with their params and asked. Returns the trials to run (none if a rung
     below is incomplete, or the last rung is open). Idempotent: survivors already in the
     rung's study are not added again."""
-    ended = halving.read_ended()
+    rows = halving.read_ended()
+    ended = outcomes(rows)
     steps = progress(halving.rungs, ended)
     for below, rung in zip(halving.rungs, halving.rungs[1:], strict=False):
         if not steps[below.number].complete:
@@ -269,14 +278,16 @@ def open_rung(halving: Halving) -> list[Replay]:
         trials = study.get_trials(deepcopy=False)
         have = {trial.user_attrs.get("parent") for trial in trials}
         room = max(0, expected - len(trials))
-        best = survivors(ended, below, expected, halving.read_accuracy())
+        best = survivors(ended, below, expected, accuracies(rows))
         missing = [i for i in best if i not in have][:room]
         if missing:
             parents = halving.study(below.number).get_trials(deepcopy=False)
+            completed_seeds = seeds(rows)  # a retried parent completed with its retry seed
             for index in missing:
-                parent = Replay(study, parents[index - below.offset], index)
+                params = Replay(study, parents[index - below.offset], index).params
+                params["seed"] = completed_seeds[index]
                 user_attrs = {"rung": rung.number, "parent": index}
-                study.enqueue_trial(parent.params, user_attrs=user_attrs)
+                study.enqueue_trial(params, user_attrs=user_attrs)
         opened = activate_waiting(study, halving.space)
         if opened:
             return [Replay(study, trial, rung.offset + trial.number) for trial in opened]
@@ -391,13 +402,9 @@ def search_cell(
     config = launch.config
     by_index = {trial.index: trial for trial in planned}
 
-    def read_ended(frame: pd.DataFrame | None = None) -> dict[int, Ended]:
+    def read_ended(frame: pd.DataFrame | None = None) -> pd.DataFrame:
         frame = read_attempts(launch.folder) if frame is None else frame
-        return outcomes(ended_for_good(cell_attempts(frame, cell, "search"), config.max_retries))
-
-    def read_accuracy() -> dict[int, float]:
-        frame = cell_attempts(read_attempts(launch.folder), cell, "search")
-        return accuracies(ended_for_good(frame, config.max_retries))
+        return ended_for_good(cell_attempts(frame, cell, "search"), config.max_retries)
 
     def trial_config(index: int, params: dict[str, Any]) -> Any:
         return launch.task(
@@ -415,6 +422,6 @@ def search_cell(
     if config.search == "halving":
         rungs = cell_rungs(config, max(trial.epochs for trial in planned))
         space = search_space(settings)
-        halving = Halving(rungs, study_name, storage, space, read_ended, read_accuracy)
-    ended = read_ended(attempts)
+        halving = Halving(rungs, study_name, storage, space, read_ended)
+    ended = outcomes(read_ended(attempts))
     return prepare_cell(cell.name, study_name, storage, settings, ended, trial_config, halving)

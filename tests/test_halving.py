@@ -25,7 +25,7 @@ from lipsweep.backends.local import LocalBackend
 from lipsweep.cli import app
 from lipsweep.config import SweepConfig
 from lipsweep.errors import InputError
-from lipsweep.halving import Rung, make_rungs, progress, survivors
+from lipsweep.halving import Rung, make_rungs, outcomes, progress, survivors
 from lipsweep.ledger import Ledger
 from lipsweep.loss import DEFAULT_MARGIN, DEFAULT_TEMPERATURE
 from lipsweep.plan import CellPlan, planned_trials, save_plan
@@ -33,6 +33,7 @@ from lipsweep.results import read_attempts, read_history
 from lipsweep.search import CellSearch, Halving, SearchSettings, journal, prepare_cell, search_space
 from lipsweep.select import ranked
 from lipsweep.status import sweep_status
+from lipsweep.trainable import retry_seed
 from tests.test_sweep import _kill_tree, status_text
 
 CONFIG = SweepConfig(
@@ -178,26 +179,40 @@ def trial_config(index: int, params: dict[str, Any]) -> dict[str, Any]:
 
 def test_opening_a_rung_enqueues_survivors_once_even_after_a_kill(tmp_path: Path) -> None:
     """Rung 1 opens from rung 0's outcomes; a driver killed after enqueueing one survivor
-    leaves it WAITING: the next launch asks it and adds only the missing ones."""
+    leaves it WAITING: the next launch asks it and adds only the missing ones. A survivor
+    whose parent completed on a retry runs with the retry's seed."""
     storage = journal(tmp_path)
     settings = SearchSettings("random", 0, 5, (0.03, 0.3), (1e-5, 1e-4))
     space = search_space(settings)
-    ended: dict[int, tuple[str, float]] = {}
-    halving = Halving(make_rungs(4, 5, 2), "s/c", storage, space, lambda: ended, dict)
+    rows: dict[int, dict[str, Any]] = {}
+
+    def read_ended() -> pd.DataFrame:
+        columns = ["trial_index", "status", "cra_36", "accuracy", "seed"]
+        return pd.DataFrame(list(rows.values()), columns=columns)
+
+    def end(index: int, value: float, seed: int) -> None:
+        rows[index] = {"trial_index": index, "status": "completed", "cra_36": value,
+                       "accuracy": 0.5, "seed": seed}  # fmt: skip
+
+    halving = Halving(make_rungs(4, 5, 2), "s/c", storage, space, read_ended)
     cell = prepare_cell("c", "s/c", storage, settings, {}, trial_config, halving)
     search = CellSearch([cell])
     first = [search.suggest(f"t{i}")["trial"] for i in range(5)]
     assert search.suggest("t5") is None  # rung 0 running: not finished, not yet rung 1
     values = [0.2, 0.6, 0.4, 0.6, 0.1]
+    completed_seeds = [trial["seed"] for trial in first]
+    completed_seeds[3] = retry_seed(first[3]["seed"], 1)  # trial 3 went NaN, its retry completed
     for i, value in enumerate(values):
-        ended[i] = ("completed", value)
+        end(i, value, completed_seeds[i])
         search.on_trial_complete(f"t{i}", {"status": "completed", "cra_36": value})
     opened = [search.suggest(f"u{i}")["trial"] for i in range(3)]
     assert [t["index"] for t in opened] == [5, 6, 7]
     for trial, parent in zip(opened, [1, 3, 2], strict=True):  # ties: the lower index first
-        assert {k: trial[k] for k in ("lr", "weight_decay", "seed")} == {
-            k: first[parent][k] for k in ("lr", "weight_decay", "seed")
+        assert {k: trial[k] for k in ("lr", "weight_decay")} == {
+            k: first[parent][k] for k in ("lr", "weight_decay")
         }
+        assert trial["seed"] == completed_seeds[parent]
+    assert completed_seeds[3] != first[3]["seed"]
     rung1 = optuna.load_study(study_name="s/c/rung1", storage=storage)
     assert [t.user_attrs for t in rung1.trials] == [{"rung": 1, "parent": p} for p in (1, 3, 2)]
     assert {t.state for t in rung1.trials} == {TrialState.RUNNING}
@@ -212,7 +227,8 @@ def test_opening_a_rung_enqueues_survivors_once_even_after_a_kill(tmp_path: Path
     partial = optuna.create_study(study_name="s/c/rung1", storage=storage2, direction="maximize")
     partial.enqueue_trial(first[1] | {}, user_attrs={"rung": 1, "parent": 1})
     halving2 = replace(halving, storage=storage2)
-    cell = prepare_cell("c", "s/c", storage2, settings, dict(ended), trial_config, halving2)
+    cell = prepare_cell("c", "s/c", storage2, settings, outcomes(read_ended()), trial_config,
+                        halving2)  # fmt: skip
     assert cell.fresh == 0
     assert [(r.index, r.params["lr"]) for r in cell.replays] == [
         (5, first[1]["lr"]), (6, first[3]["lr"]), (7, first[2]["lr"])
@@ -221,7 +237,8 @@ def test_opening_a_rung_enqueues_survivors_once_even_after_a_kill(tmp_path: Path
     assert [t.user_attrs["parent"] for t in rung1.trials] == [1, 3, 2]
     assert {t.state for t in rung1.trials} == {TrialState.RUNNING}
     # Opening again adds nothing: every survivor is in the rung already.
-    again = prepare_cell("c", "s/c", storage2, settings, dict(ended), trial_config, halving2)
+    again = prepare_cell("c", "s/c", storage2, settings, outcomes(read_ended()), trial_config,
+                         halving2)  # fmt: skip
     assert len(optuna.load_study(study_name="s/c/rung1", storage=storage2).trials) == 3
     assert [r.index for r in again.replays] == [5, 6, 7]  # still interrupted: replayed
     search = CellSearch([again])
@@ -229,13 +246,13 @@ def test_opening_a_rung_enqueues_survivors_once_even_after_a_kill(tmp_path: Path
         search.suggest(f"v{i}")
     assert search.suggest("v3") is None
     for i, value in enumerate([0.7, 0.9, 0.8]):
-        ended[5 + i] = ("completed", value)
+        end(5 + i, value, 0)
         search.on_trial_complete(f"v{i}", {"status": "completed", "cra_36": value})
     last = [search.suggest(f"w{i}")["trial"] for i in range(2)]
     assert [t["index"] for t in last] == [8, 9]
     assert [t["lr"] for t in last] == [first[3]["lr"], first[2]["lr"]]  # rung 1's 6 and 7
     for i in range(2):
-        ended[8 + i] = ("completed", 0.9)
+        end(8 + i, 0.9, 0)
         search.on_trial_complete(f"w{i}", {"status": "completed", "cra_36": 0.9})
     assert search.suggest("w2") == Searcher.FINISHED
 
