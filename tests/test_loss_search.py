@@ -152,7 +152,9 @@ def test_the_chosen_loss_is_stored_per_attempt_and_the_final_run_trains_with_it(
     study = optuna.load_study(study_name="l/digits-XS-aol", storage=journal(tmp_path))
     assert [t.params["temperature"] for t in study.trials] == search["loss_temperature"].tolist()
     assert [t.params["offset"] for t in study.trials] == search["loss_offset"].tolist()
-    best = search.sort_values(["cra_36", "trial_index"], ascending=[False, True]).iloc[0]
+    # Best validation CRA; ties: the higher accuracy, then the lower index.
+    order = ["cra_36", "accuracy", "trial_index"]
+    best = search.sort_values(order, ascending=[False, False, True]).iloc[0]
     (final,) = attempts[attempts["stage"] == "final"].itertuples()
     assert (final.loss_temperature, final.loss_offset) == (
         best["loss_temperature"],
