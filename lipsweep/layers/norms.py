@@ -15,6 +15,7 @@ here reads a stored power-iteration vector, so the results depend on the weights
 
 from __future__ import annotations
 
+import numpy
 import scipy.linalg
 import torch
 import torch.nn.functional as F
@@ -159,7 +160,7 @@ def shifted_cholesky_completes(gram: torch.Tensor, tau: torch.Tensor, bandwidth:
         shifted.diagonal().add_(tau)
         return torch.linalg.cholesky_ex(shifted)[1].item() == 0
     dense = gram.numpy()
-    band = torch.zeros(bandwidth + 1, len(dense), dtype=torch.float64).numpy()
+    band = numpy.zeros((bandwidth + 1, len(dense)))
     for offset in range(bandwidth + 1):  # LAPACK upper band storage: row b - d holds diagonal d
         band[bandwidth - offset, offset:] = -dense.diagonal(offset)
     band[bandwidth] += tau.item()
